@@ -1,0 +1,109 @@
+//! The contract between the engine and an inference backend.
+//!
+//! A backend runs one forward step over a batch that mixes sequences at different positions: a
+//! prefill chunk for some, one decode token for others. It owns the KV cache of every sequence
+//! and frees it on [`Backend::release`]. It knows nothing of requests, sampling, text or HTTP, so
+//! that one engine serves every backend and each backend stays small. The trait is synchronous:
+//! the engine calls it from its own OS thread, never from the async runtime.
+
+use crate::error::BoxError;
+
+/// The engine's name for a sequence; unique for the life of the engine.
+pub type SeqId = u64;
+
+/// One sequence's share of a step: `tokens` placed at positions `start..start + tokens.len()`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchEntry<'a> {
+    /// The sequence.
+    pub seq: SeqId,
+    /// Its position of `tokens[0]`; equal to the number of its tokens already in the KV cache.
+    pub start: u32,
+    /// The new tokens: a prefill chunk, or the one token sampled last step.
+    pub tokens: &'a [u32],
+    /// Whether the engine needs the logits after the last of `tokens`.
+    pub wants_logits: bool,
+}
+
+/// Logits produced by a step: one row of `vocab_size` floats per entry that asked, in batch order.
+#[derive(Debug, Clone, Default)]
+pub struct Logits {
+    vocab_size: usize,
+    data: Vec<f32>,
+}
+
+impl Logits {
+    /// An empty buffer for rows of `vocab_size`.
+    pub fn new(vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            data: Vec::new(),
+        }
+    }
+
+    /// Removes all rows, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.data.clear();
+    }
+
+    /// Appends one row.
+    ///
+    /// # Panics
+    /// If `row.len()` is not the vocabulary size (a backend bug).
+    pub fn push_row(&mut self, row: &[f32]) {
+        assert_eq!(row.len(), self.vocab_size, "logits row of the wrong width");
+        self.data.extend_from_slice(row);
+    }
+
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.data.len().checked_div(self.vocab_size).unwrap_or(0)
+    }
+
+    /// Row `i`, mutable (sampling works in place).
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
+    }
+}
+
+/// What a backend tells the engine about the loaded model and its memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Logits row width.
+    pub vocab_size: usize,
+    /// The context length the model was trained for.
+    pub trained_context: u32,
+    /// KV cache cells available to all sequences together, under the memory budget.
+    pub kv_capacity: u32,
+    /// The most tokens one step may carry.
+    pub max_batch_tokens: u32,
+    /// The most sequences one step may carry.
+    pub max_seqs: u32,
+    /// A short description for logs and `/hardware/info` (backend, device, kernels).
+    pub description: String,
+}
+
+/// A batched inference backend.
+pub trait Backend: Send {
+    /// The backend's error type.
+    type Error: Into<BoxError> + std::fmt::Display;
+
+    /// Facts about the model and the KV budget.
+    fn info(&self) -> &BackendInfo;
+
+    /// Runs one step over `batch`, appending to `logits` one row per entry with `wants_logits`,
+    /// in batch order. Each sequence appears at most once per batch.
+    ///
+    /// # Errors
+    /// The backend's error when the step cannot run (out of KV cells, device failure). The
+    /// engine then fails the step's requests.
+    fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits)
+    -> Result<(), Self::Error>;
+
+    /// Frees the KV cache of `seq`; a no-op for unknown sequences.
+    fn release(&mut self, seq: SeqId);
+}

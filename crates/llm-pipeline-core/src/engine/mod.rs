@@ -1,0 +1,500 @@
+//! The continuous-batching engine: an actor on its own OS thread that owns the backend.
+//!
+//! [`Engine`] is a cloneable handle; [`Engine::submit`] hands a tokenized request to the actor
+//! through a channel and returns the request's own event channel. The actor keeps a waiting
+//! queue and a running set; each step it asks [`scheduler::plan`] for a batch, runs it on the
+//! [`Backend`], samples the next token of every sequence whose logits came back, detokenizes,
+//! matches stop strings and sends typed [`Event`]s. A sequence whose receiver was dropped is
+//! cancelled before the next step and its KV cache freed. Nothing here runs on an async runtime,
+//! and the backend is built on the actor's thread, so it need not be `Send`.
+//!
+//! The [`Pipeline`](crate::pipeline::Pipeline) implementation (chat templates, validation,
+//! OpenAI shapes) lives in [`crate::pipeline`] on top of this handle.
+
+pub mod scheduler;
+mod sequence;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc as tokio_mpsc;
+
+use crate::backend::{Backend, BackendInfo, BatchEntry, Logits};
+use crate::openai::FinishReason;
+use crate::sampling::{SamplingParams, TokenLogprobs};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use scheduler::{Budget, Chunk, SeqView};
+use sequence::{Sequence, StepOutcome};
+
+/// A tokenized request for one sequence.
+#[derive(Debug, Clone)]
+pub struct SeqRequest {
+    /// The prompt's token ids (non-empty, shorter than the engine's `max_model_len`).
+    pub prompt: Vec<u32>,
+    /// The most tokens to generate; generation also ends at `max_model_len`.
+    pub max_tokens: u32,
+    /// How to pick each token.
+    pub sampling: SamplingParams,
+    /// Stop strings; the matched string is not part of the output.
+    pub stop: Vec<String>,
+}
+
+/// What the engine reports about one sequence, in order: zero or more `Token`, then one of
+/// `Finished` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// One generated token and the text it released (possibly empty while a UTF-8 character or
+    /// a possible stop string is incomplete).
+    Token(TokenEvent),
+    /// Generation ended normally.
+    Finished(Finished),
+    /// The backend failed; the sequence is gone.
+    Failed {
+        /// What went wrong (for logs; not meant for clients).
+        message: String,
+    },
+}
+
+/// One generated token.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    /// The token id.
+    pub token: u32,
+    /// Text released by this token.
+    pub text: String,
+    /// Log-probabilities, when the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// The end of a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// `stop` (end-of-generation token or stop string) or `length` (`max_tokens` or context).
+    pub reason: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated, including an end-of-generation token.
+    pub completion_tokens: u32,
+}
+
+/// The receiving end of one sequence's events; dropping it cancels the sequence.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: tokio_mpsc::UnboundedReceiver<Event>,
+}
+
+impl EventReceiver {
+    /// The next event, or `None` after the last one.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event, blocking the thread (for synchronous callers; not on an async runtime).
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+}
+
+impl futures::Stream for EventReceiver {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// A snapshot of the engine's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Sequences in the running set.
+    pub running: usize,
+    /// Sequences waiting (including preempted ones).
+    pub waiting: usize,
+    /// Sequences submitted and not yet finished or cancelled.
+    pub in_flight: usize,
+    /// Steps run.
+    pub steps: u64,
+    /// Prompt tokens of all finished sequences.
+    pub prompt_tokens: u64,
+    /// Generated tokens, all sequences.
+    pub generated_tokens: u64,
+    /// Preemptions so far.
+    pub preemptions: u64,
+    /// Sequences cancelled because their receiver was dropped.
+    pub cancelled: u64,
+    /// Whether a backend step has failed.
+    pub failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    in_flight: AtomicUsize,
+    steps: AtomicU64,
+    prompt_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
+    preemptions: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// Limits the engine enforces, fixed at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    /// The longest sequence (prompt plus completion), at most the backend's KV capacity.
+    pub max_model_len: u32,
+    /// Sequences running at once.
+    pub max_num_seqs: u32,
+    /// Tokens per step.
+    pub max_num_batched_tokens: u32,
+    /// Requests in flight beyond `max_num_seqs` before new ones are refused.
+    pub max_queue: u32,
+}
+
+#[derive(Debug)]
+struct Shared {
+    counters: Counters,
+    info: BackendInfo,
+    limits: EngineLimits,
+    tokenizer: Arc<Tokenizer>,
+    next_id: AtomicU64,
+}
+
+enum Command {
+    Submit(Box<Sequence>),
+}
+
+/// A cloneable handle to the engine thread. The thread exits when the last handle is dropped
+/// and no work is left.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts the engine thread, building the backend on it with `load`.
+    ///
+    /// `limits` are clamped to what the backend reports: `max_model_len` to its KV capacity
+    /// (a single sequence must always fit, or preemption could not make progress),
+    /// `max_num_seqs` and `max_num_batched_tokens` to its batch limits.
+    ///
+    /// # Errors
+    /// The error of `load`, or [`Error::Backend`] if the thread cannot be spawned.
+    pub fn start<B, F>(load: F, tokenizer: Arc<Tokenizer>, limits: EngineLimits) -> Result<Self>
+    where
+        B: Backend + 'static,
+        F: FnOnce() -> Result<B> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let tok = Arc::clone(&tokenizer);
+        std::thread::Builder::new()
+            .name("llm-engine".into())
+            .spawn(move || {
+                let backend = match load() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let info = backend.info().clone();
+                let limits = EngineLimits {
+                    max_model_len: limits.max_model_len.min(info.kv_capacity),
+                    max_num_seqs: limits.max_num_seqs.min(info.max_seqs),
+                    max_num_batched_tokens: limits
+                        .max_num_batched_tokens
+                        .min(info.max_batch_tokens),
+                    max_queue: limits.max_queue,
+                };
+                let shared = Arc::new(Shared {
+                    counters: Counters::default(),
+                    info,
+                    limits,
+                    tokenizer: tok,
+                    next_id: AtomicU64::new(1),
+                });
+                if ready_tx.send(Ok(Arc::clone(&shared))).is_err() {
+                    return;
+                }
+                Actor::new(backend, rx, shared).run();
+            })
+            .map_err(|e| Error::backend("cannot spawn the engine thread", e))?;
+        let shared = ready_rx.recv().map_err(|_| Error::EngineStopped)??;
+        Ok(Self { tx, shared })
+    }
+
+    /// Queues a request; its events arrive on the returned receiver.
+    ///
+    /// # Errors
+    /// [`Error::QueueFull`] when `max_num_seqs + max_queue` requests are in flight,
+    /// [`Error::Validation`] when the prompt is empty or does not leave room for one token,
+    /// [`Error::EngineStopped`] when the engine thread is gone.
+    pub fn submit(&self, request: SeqRequest) -> Result<EventReceiver> {
+        let limits = self.shared.limits;
+        let len = request.prompt.len();
+        if len == 0 {
+            return Err(Error::validation("messages", "the prompt is empty"));
+        }
+        if len >= limits.max_model_len as usize {
+            return Err(Error::validation(
+                "messages",
+                format!(
+                    "the prompt is {len} tokens; the model's context (MAX_MODEL_LEN) is {} tokens, \
+                     so the prompt must be at most {} tokens",
+                    limits.max_model_len,
+                    limits.max_model_len - 1
+                ),
+            ));
+        }
+        let c = &self.shared.counters;
+        let cap = (limits.max_num_seqs as usize).saturating_add(limits.max_queue as usize);
+        let before = c.in_flight.fetch_add(1, Ordering::SeqCst);
+        if before >= cap {
+            c.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::QueueFull {
+                waiting: before.saturating_sub(limits.max_num_seqs as usize),
+            });
+        }
+        let (tx, rx) = tokio_mpsc::unbounded_channel();
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let seq = Sequence::new(id, request, tx);
+        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+            c.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::EngineStopped);
+        }
+        Ok(EventReceiver { rx })
+    }
+
+    /// The engine's counters now.
+    pub fn stats(&self) -> EngineStats {
+        let c = &self.shared.counters;
+        EngineStats {
+            running: c.running.load(Ordering::SeqCst),
+            waiting: c.waiting.load(Ordering::SeqCst),
+            in_flight: c.in_flight.load(Ordering::SeqCst),
+            steps: c.steps.load(Ordering::Relaxed),
+            prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
+            generated_tokens: c.generated_tokens.load(Ordering::Relaxed),
+            preemptions: c.preemptions.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// What the backend reported at start.
+    pub fn backend_info(&self) -> &BackendInfo {
+        &self.shared.info
+    }
+
+    /// The limits in force (after clamping to the backend).
+    pub fn limits(&self) -> EngineLimits {
+        self.shared.limits
+    }
+
+    /// The tokenizer the engine decodes with.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.shared.tokenizer
+    }
+}
+
+struct Actor<B: Backend> {
+    backend: B,
+    rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    logits: Logits,
+}
+
+impl<B: Backend> Actor<B> {
+    fn new(backend: B, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) -> Self {
+        let logits = Logits::new(shared.info.vocab_size);
+        Self {
+            backend,
+            rx,
+            shared,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            logits,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match self.rx.recv() {
+                    Ok(cmd) => self.accept(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.accept(cmd);
+            }
+            self.reap_cancelled();
+            self.step();
+            self.publish_counts();
+        }
+    }
+
+    fn accept(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(seq) => self.waiting.push_back(*seq),
+        }
+    }
+
+    fn publish_counts(&self) {
+        let c = &self.shared.counters;
+        c.running.store(self.running.len(), Ordering::SeqCst);
+        c.waiting.store(self.waiting.len(), Ordering::SeqCst);
+    }
+
+    fn retire(&mut self, seq: &Sequence, started: bool) {
+        if started {
+            self.backend.release(seq.id);
+        }
+        let c = &self.shared.counters;
+        c.in_flight.fetch_sub(1, Ordering::SeqCst);
+        c.prompt_tokens
+            .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
+    }
+
+    fn reap_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_cancelled() {
+                let seq = self.running.remove(i);
+                self.retire(&seq, true);
+                self.shared
+                    .counters
+                    .cancelled
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                i += 1;
+            }
+        }
+        let before = self.waiting.len();
+        let (gone, kept): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|s| s.is_cancelled());
+        self.waiting = kept.into();
+        for seq in &gone {
+            // A preempted sequence has no KV left; one never admitted had none.
+            self.retire(seq, false);
+        }
+        let n = (before - self.waiting.len()) as u64;
+        self.shared
+            .counters
+            .cancelled
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn step(&mut self) {
+        let limits = self.shared.limits;
+        let budget = Budget {
+            max_batched_tokens: limits.max_num_batched_tokens,
+            max_seqs: limits.max_num_seqs,
+            kv_capacity: self.shared.info.kv_capacity,
+        };
+        let running: Vec<SeqView> = self.running.iter().map(|s| s.view()).collect();
+        let waiting: Vec<SeqView> = self.waiting.iter().map(|s| s.view()).collect();
+        let plan = scheduler::plan(&running, &waiting, budget);
+        for id in &plan.preempt {
+            if let Some(i) = self.running.iter().position(|s| s.id == *id) {
+                let mut seq = self.running.remove(i);
+                self.backend.release(seq.id);
+                seq.computed = 0;
+                self.waiting.push_front(seq);
+                self.shared
+                    .counters
+                    .preemptions
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for _ in 0..plan.admit {
+            if let Some(seq) = self.waiting.pop_front() {
+                self.running.push(seq);
+            }
+        }
+        if plan.chunks.is_empty() {
+            return;
+        }
+        let order = self.locate(&plan.chunks);
+        self.logits.clear();
+        let result = {
+            let batch: Vec<BatchEntry<'_>> = order
+                .iter()
+                .map(|&(i, len)| self.running[i].entry(len))
+                .collect();
+            self.backend.forward(&batch, &mut self.logits)
+        };
+        self.shared.counters.steps.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = result {
+            let message = e.to_string();
+            tracing::error!(error = %message, "backend step failed");
+            self.shared.counters.failed.store(true, Ordering::SeqCst);
+            self.fail_batch(&order, &message);
+            return;
+        }
+        self.advance(&order);
+    }
+
+    /// Maps the plan's chunks to indices in `running`, in plan order.
+    fn locate(&self, chunks: &[Chunk]) -> Vec<(usize, u32)> {
+        chunks
+            .iter()
+            .filter_map(|c| {
+                self.running
+                    .iter()
+                    .position(|s| s.id == c.id)
+                    .map(|i| (i, c.len))
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, order: &[(usize, u32)]) {
+        let tokenizer = Arc::clone(&self.shared.tokenizer);
+        let max_model_len = self.shared.limits.max_model_len;
+        let mut row = 0;
+        let mut done: Vec<usize> = Vec::new();
+        for &(i, len) in order {
+            let seq = &mut self.running[i];
+            let wants_logits = seq.completes_pending(len);
+            seq.computed += len;
+            if !wants_logits {
+                continue;
+            }
+            let logits = self.logits.row_mut(row);
+            row += 1;
+            let outcome = seq.sample_next(logits, &tokenizer, max_model_len);
+            self.shared
+                .counters
+                .generated_tokens
+                .fetch_add(1, Ordering::Relaxed);
+            if let StepOutcome::Finished = outcome {
+                done.push(i);
+            }
+        }
+        done.sort_unstable();
+        for i in done.into_iter().rev() {
+            let seq = self.running.remove(i);
+            self.retire(&seq, true);
+        }
+    }
+
+    fn fail_batch(&mut self, order: &[(usize, u32)], message: &str) {
+        let mut idx: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        for i in idx.into_iter().rev() {
+            let seq = self.running.remove(i);
+            seq.fail(message);
+            self.retire(&seq, true);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! One sequence's state inside the engine: its tokens, how many are in the KV cache, and the
+//! per-request sampler, incremental decoder and stop matcher.
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::scheduler::SeqView;
+use super::{Event, Finished, SeqRequest, TokenEvent};
+use crate::backend::{BatchEntry, SeqId};
+use crate::detokenize::IncrementalDecoder;
+use crate::openai::FinishReason;
+use crate::sampling::Sampler;
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::tokenizer::Tokenizer;
+
+/// Whether a sequence goes on after a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StepOutcome {
+    Continue,
+    Finished,
+}
+
+#[derive(Debug)]
+pub(super) struct Sequence {
+    pub(super) id: SeqId,
+    /// Prompt followed by the generated tokens.
+    tokens: Vec<u32>,
+    pub(super) prompt_len: usize,
+    /// Tokens of `tokens` in the backend's KV cache.
+    pub(super) computed: u32,
+    max_tokens: u32,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    events: UnboundedSender<Event>,
+}
+
+impl Sequence {
+    pub(super) fn new(id: SeqId, request: SeqRequest, events: UnboundedSender<Event>) -> Self {
+        let sampler = Sampler::new(request.sampling, &request.prompt);
+        let prompt_len = request.prompt.len();
+        Self {
+            id,
+            tokens: request.prompt,
+            prompt_len,
+            computed: 0,
+            max_tokens: request.max_tokens.max(1),
+            sampler,
+            decoder: IncrementalDecoder::new(),
+            stop: StopMatcher::new(&request.stop),
+            events,
+        }
+    }
+
+    pub(super) fn view(&self) -> SeqView {
+        SeqView {
+            id: self.id,
+            computed: self.computed,
+            pending: self.tokens.len() as u32 - self.computed,
+        }
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// The batch entry for the next `len` pending tokens.
+    pub(super) fn entry(&self, len: u32) -> BatchEntry<'_> {
+        let start = self.computed as usize;
+        BatchEntry {
+            seq: self.id,
+            start: self.computed,
+            tokens: &self.tokens[start..start + len as usize],
+            wants_logits: self.completes_pending(len),
+        }
+    }
+
+    /// Whether computing `len` more tokens reaches the end of the known tokens.
+    pub(super) fn completes_pending(&self, len: u32) -> bool {
+        (self.computed + len) as usize == self.tokens.len()
+    }
+
+    fn generated(&self) -> u32 {
+        (self.tokens.len() - self.prompt_len) as u32
+    }
+
+    /// Samples the next token from `logits`, sends its event, and says whether the sequence ended.
+    pub(super) fn sample_next(
+        &mut self,
+        logits: &mut [f32],
+        tokenizer: &Tokenizer,
+        max_model_len: u32,
+    ) -> StepOutcome {
+        let sampled = self.sampler.sample(logits);
+        let token = sampled.token;
+        self.tokens.push(token);
+        let mut text = String::new();
+        let mut reason = None;
+        if tokenizer.special().end_of_generation.contains(&token) {
+            reason = Some(FinishReason::Stop);
+        } else {
+            let piece = match self.decoder.step(tokenizer, token) {
+                Ok(piece) => piece,
+                Err(e) => {
+                    tracing::warn!(seq = self.id, token, error = %e, "cannot decode token");
+                    None
+                }
+            };
+            if let Some(piece) = piece {
+                match self.stop.push(&piece) {
+                    StopOutcome::Continue { emit } => text = emit,
+                    StopOutcome::Stopped { emit } => {
+                        text = emit;
+                        reason = Some(FinishReason::Stop);
+                    }
+                }
+            }
+        }
+        if reason.is_none()
+            && (self.generated() >= self.max_tokens || self.tokens.len() >= max_model_len as usize)
+        {
+            reason = Some(FinishReason::Length);
+        }
+        if reason.is_some() {
+            text.push_str(&self.stop.finish());
+        }
+        let _ = self.events.send(Event::Token(TokenEvent {
+            token,
+            text,
+            logprobs: sampled.logprobs,
+        }));
+        match reason {
+            None => StepOutcome::Continue,
+            Some(reason) => {
+                let _ = self.events.send(Event::Finished(Finished {
+                    reason,
+                    prompt_tokens: self.prompt_len as u32,
+                    completion_tokens: self.generated(),
+                }));
+                StepOutcome::Finished
+            }
+        }
+    }
+
+    pub(super) fn fail(&self, message: &str) {
+        let _ = self.events.send(Event::Failed {
+            message: message.to_owned(),
+        });
+    }
+}

@@ -1,0 +1,405 @@
+//! The [`Pipeline`] trait that services embed, and its implementation over the [`Engine`].
+//!
+//! `chat` returns one `chat.completion`; `chat_stream` returns `chat.completion.chunk`s. Both
+//! validate the request first, so that a bad request is an error before anything is streamed.
+//! Rendering the template and tokenizing run on a blocking thread, never on the async runtime;
+//! generation runs on the engine thread. Dropping the returned future or stream cancels the
+//! request's sequences at the engine's next step.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::stream::{self, Stream, StreamExt};
+
+use crate::engine::{Engine, Event, EventReceiver, SeqRequest, TokenEvent};
+use crate::openai::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+    ChoiceLogprobs, ChunkChoice, Delta, FinishReason, ResponseMetadata, TokenLogprob, TopLogprob,
+    Usage,
+};
+use crate::pricing::{Price, PriceTable};
+use crate::template::{ChatMessage, ChatTemplate};
+use crate::tokenizer::Tokenizer;
+use crate::validation::{self, GenerationRequest, ModelLimits};
+use crate::{Error, Result};
+
+/// A stream of chunks; an `Err` item ends it (the backend failed mid-generation).
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk>> + Send>>;
+
+/// An OpenAI-compatible chat pipeline: what a Rust service embeds.
+pub trait Pipeline: Send + Sync {
+    /// The served model's id.
+    fn model_id(&self) -> &str;
+
+    /// Generates whole answers.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a bad request, [`Error::QueueFull`] when at capacity,
+    /// [`Error::Backend`] or [`Error::EngineStopped`] for internal faults.
+    fn chat(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatCompletion>> + Send;
+
+    /// Streams answers as chunks.
+    ///
+    /// # Errors
+    /// As [`Pipeline::chat`], for everything that can be known before the first chunk.
+    fn chat_stream(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatStream>> + Send;
+}
+
+/// What a backend crate loads besides the backend itself.
+#[derive(Debug, Clone)]
+pub struct ModelAssets {
+    /// The id requests must name (or leave empty).
+    pub model_id: String,
+    /// The tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// The chat template.
+    pub template: Arc<ChatTemplate>,
+}
+
+/// The pricing figures of one request, as exact rationals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestPrice {
+    /// Before generation: `max_tokens × n` at the price table.
+    pub quote: Price,
+    /// After generation: the completion tokens at the price table.
+    pub charge: Price,
+}
+
+/// [`Pipeline`] over an [`Engine`]: templates, validation and the OpenAI shapes.
+#[derive(Debug, Clone)]
+pub struct EnginePipeline {
+    engine: Engine,
+    assets: ModelAssets,
+    prices: PriceTable,
+}
+
+struct Prepared {
+    id: String,
+    created: u64,
+    prompt_tokens: u32,
+    receivers: Vec<EventReceiver>,
+    quote: Price,
+}
+
+impl EnginePipeline {
+    /// A pipeline over a started engine.
+    pub fn new(engine: Engine, assets: ModelAssets, prices: PriceTable) -> Self {
+        Self {
+            engine,
+            assets,
+            prices,
+        }
+    }
+
+    /// The engine, for its counters and limits.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.assets.tokenizer
+    }
+
+    /// Renders the chat template for `request`'s messages and tokenizes the result: the exact
+    /// prompt the model would see.
+    ///
+    /// # Errors
+    /// As [`Pipeline::chat`].
+    pub async fn prompt_tokens(&self, request: &ChatCompletionRequest) -> Result<Vec<u32>> {
+        let generation = validation::validate(request, &self.limits())?;
+        self.tokenize(&generation).await
+    }
+
+    fn limits(&self) -> ModelLimits {
+        ModelLimits {
+            model_id: self.assets.model_id.clone(),
+            vocab_size: self.engine.backend_info().vocab_size,
+        }
+    }
+
+    async fn tokenize(&self, generation: &GenerationRequest) -> Result<Vec<u32>> {
+        let template = Arc::clone(&self.assets.template);
+        let tokenizer = Arc::clone(&self.assets.tokenizer);
+        let messages = generation.messages.clone();
+        tokio::task::spawn_blocking(move || {
+            let messages: Vec<ChatMessage<'_>> = messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.as_str(),
+                    content: &m.content,
+                })
+                .collect();
+            let text = template.render(&messages)?;
+            tokenizer.encode_prompt(&text)
+        })
+        .await
+        .map_err(|e| Error::backend("the tokenizer task failed", e))?
+    }
+
+    async fn prepare(
+        &self,
+        request: &ChatCompletionRequest,
+    ) -> Result<(Prepared, GenerationRequest)> {
+        let generation = validation::validate(request, &self.limits())?;
+        let prompt = self.tokenize(&generation).await?;
+        let max_model_len = self.engine.limits().max_model_len;
+        let room = max_model_len.saturating_sub(prompt.len() as u32);
+        let max_tokens = generation.max_tokens.unwrap_or(room).min(room.max(1));
+        let quote_tokens = generation.max_tokens.unwrap_or(room);
+        let quote = self.prices.quote(quote_tokens.saturating_mul(generation.n));
+        let mut receivers = Vec::with_capacity(generation.n as usize);
+        for i in 0..generation.n {
+            let mut sampling = generation.sampling.clone();
+            sampling.seed = sampling.seed.wrapping_add(u64::from(i));
+            receivers.push(self.engine.submit(SeqRequest {
+                prompt: prompt.clone(),
+                max_tokens,
+                sampling,
+                stop: generation.stop.clone(),
+            })?);
+        }
+        let prepared = Prepared {
+            id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            prompt_tokens: prompt.len() as u32,
+            receivers,
+            quote,
+        };
+        Ok((prepared, generation))
+    }
+
+    fn metadata(&self, quote: Price, completion_tokens: u32) -> ResponseMetadata {
+        ResponseMetadata {
+            price_quote: Some(quote.to_string()),
+            price_charged: Some(self.prices.charge(completion_tokens).to_string()),
+        }
+    }
+
+    fn logprobs(&self, event: &TokenEvent) -> Option<ChoiceLogprobs> {
+        let lp = event.logprobs.as_ref()?;
+        let tokenizer = &self.assets.tokenizer;
+        let text = |id: u32| tokenizer.token_text(id).unwrap_or_default();
+        let mut entry = TokenLogprob::new(text(event.token), lp.logprob);
+        entry.top_logprobs = lp
+            .top
+            .iter()
+            .map(|&(id, logprob)| TopLogprob::new(text(id), logprob))
+            .collect();
+        Some(ChoiceLogprobs {
+            content: vec![entry],
+        })
+    }
+}
+
+/// One choice's answer, folded from its events.
+struct Answer {
+    text: String,
+    logprobs: Option<ChoiceLogprobs>,
+    reason: FinishReason,
+    completion_tokens: u32,
+}
+
+async fn fold(pipeline: &EnginePipeline, mut rx: EventReceiver) -> Result<Answer> {
+    let mut answer = Answer {
+        text: String::new(),
+        logprobs: None,
+        reason: FinishReason::Stop,
+        completion_tokens: 0,
+    };
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token(t) => {
+                answer.text.push_str(&t.text);
+                if let Some(lp) = pipeline.logprobs(&t) {
+                    answer
+                        .logprobs
+                        .get_or_insert_with(|| ChoiceLogprobs {
+                            content: Vec::new(),
+                        })
+                        .content
+                        .extend(lp.content);
+                }
+            }
+            Event::Finished(f) => {
+                answer.reason = f.reason;
+                answer.completion_tokens = f.completion_tokens;
+                return Ok(answer);
+            }
+            Event::Failed { message } => {
+                return Err(Error::Backend {
+                    message,
+                    source: None,
+                });
+            }
+        }
+    }
+    Err(Error::EngineStopped)
+}
+
+impl Pipeline for EnginePipeline {
+    fn model_id(&self) -> &str {
+        &self.assets.model_id
+    }
+
+    async fn chat(&self, request: ChatCompletionRequest) -> Result<ChatCompletion> {
+        let (prepared, _) = self.prepare(&request).await?;
+        let answers =
+            futures::future::join_all(prepared.receivers.into_iter().map(|rx| fold(self, rx)))
+                .await;
+        let mut completion = ChatCompletion::new(prepared.id, self.model_id(), prepared.created);
+        let mut completion_tokens = 0;
+        for (index, answer) in answers.into_iter().enumerate() {
+            let answer = answer?;
+            completion_tokens += answer.completion_tokens;
+            completion.choices.push(Choice {
+                index: index as u32,
+                message: AssistantMessage::new(answer.text),
+                logprobs: answer.logprobs,
+                finish_reason: Some(answer.reason),
+            });
+        }
+        completion.usage = Usage::new(prepared.prompt_tokens, completion_tokens);
+        completion.metadata = Some(self.metadata(prepared.quote, completion_tokens));
+        Ok(completion)
+    }
+
+    async fn chat_stream(&self, request: ChatCompletionRequest) -> Result<ChatStream> {
+        let (prepared, generation) = self.prepare(&request).await?;
+        let include_usage = matches!(
+            generation.delivery,
+            validation::Delivery::Stream {
+                include_usage: true
+            }
+        );
+        let state = StreamState {
+            pipeline: self.clone(),
+            template: ChatCompletionChunk::new(prepared.id, self.model_id(), prepared.created),
+            events: stream::select_all(prepared.receivers.into_iter().enumerate().map(
+                |(i, rx)| Tagged {
+                    index: i as u32,
+                    rx,
+                },
+            )),
+            open: generation.n as usize,
+            prompt_tokens: prepared.prompt_tokens,
+            completion_tokens: 0,
+            include_usage,
+            quote: prepared.quote,
+            done: false,
+        };
+        let head: Vec<Result<ChatCompletionChunk>> = (0..generation.n)
+            .map(|i| Ok(state.chunk(ChunkChoice::new(i, Delta::start()))))
+            .collect();
+        let body = stream::unfold(state, |mut state| async move {
+            let items = state.next_items().await?;
+            Some((stream::iter(items), state))
+        })
+        .flatten();
+        Ok(Box::pin(stream::iter(head).chain(body)))
+    }
+}
+
+/// One choice's events, tagged with the choice index for merging.
+struct Tagged {
+    index: u32,
+    rx: EventReceiver,
+}
+
+impl Stream for Tagged {
+    type Item = (u32, Event);
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let index = self.index;
+        Pin::new(&mut self.rx)
+            .poll_next(cx)
+            .map(|e| e.map(|e| (index, e)))
+    }
+}
+
+struct StreamState {
+    pipeline: EnginePipeline,
+    template: ChatCompletionChunk,
+    events: stream::SelectAll<Tagged>,
+    open: usize,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    include_usage: bool,
+    quote: Price,
+    done: bool,
+}
+
+impl StreamState {
+    fn chunk(&self, choice: ChunkChoice) -> ChatCompletionChunk {
+        let chunk = self.template.clone().with_choice(choice);
+        if self.include_usage {
+            chunk.with_null_usage()
+        } else {
+            chunk
+        }
+    }
+
+    /// The chunks for the next event; `None` when the stream is over.
+    async fn next_items(&mut self) -> Option<Vec<Result<ChatCompletionChunk>>> {
+        if self.done {
+            return None;
+        }
+        let Some((index, event)) = self.events.next().await else {
+            self.done = true;
+            return Some(vec![Err(Error::EngineStopped)]);
+        };
+        match event {
+            Event::Token(t) => {
+                let logprobs = self.pipeline.logprobs(&t);
+                if t.text.is_empty() && logprobs.is_none() {
+                    return Some(Vec::new());
+                }
+                let mut choice = ChunkChoice::new(index, Delta::text(t.text));
+                choice.logprobs = logprobs;
+                Some(vec![Ok(self.chunk(choice))])
+            }
+            Event::Finished(f) => {
+                self.completion_tokens += f.completion_tokens;
+                self.open -= 1;
+                let mut last = self
+                    .chunk(ChunkChoice::new(index, Delta::default()).with_finish_reason(f.reason));
+                if self.open > 0 {
+                    return Some(vec![Ok(last)]);
+                }
+                self.done = true;
+                let metadata = self.pipeline.metadata(self.quote, self.completion_tokens);
+                if !self.include_usage {
+                    last.metadata = Some(metadata);
+                    return Some(vec![Ok(last)]);
+                }
+                let mut usage = self
+                    .template
+                    .clone()
+                    .with_usage(Usage::new(self.prompt_tokens, self.completion_tokens));
+                usage.metadata = Some(metadata);
+                Some(vec![Ok(last), Ok(usage)])
+            }
+            Event::Failed { message } => {
+                self.done = true;
+                Some(vec![Err(Error::Backend {
+                    message,
+                    source: None,
+                })])
+            }
+        }
+    }
+}

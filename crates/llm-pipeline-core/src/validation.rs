@@ -1,0 +1,513 @@
+//! Validation: an OpenAI request becomes a [`GenerationRequest`] whose values are all legal.
+//!
+//! Parse, don't validate: everything after this module takes a `GenerationRequest` and never
+//! checks a range again. Every failure is an [`Error::Validation`] naming the field in the
+//! OpenAI spelling and the accepted limit. Fields we cannot honour (tools, structured output,
+//! images, audio) are refused by name rather than silently dropped.
+
+use serde_json::Value;
+
+use crate::openai::{ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, Role};
+use crate::sampling::{Logprobs, SamplingParams};
+use crate::{Error, Result};
+
+/// The most stop strings per request (OpenAI's limit).
+pub const MAX_STOP_STRINGS: usize = 4;
+/// The most choices per request.
+pub const MAX_N: u32 = 8;
+/// The most alternatives in `top_logprobs` (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// What validation needs to know about the served model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// The served model's id; a request's non-empty `model` must equal it.
+    pub model_id: String,
+    /// The vocabulary size, bounding `logit_bias` keys.
+    pub vocab_size: usize,
+}
+
+/// One message ready for the chat template: a role and plain text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMessage {
+    /// `system`, `user`, `assistant` or `tool` (`developer` becomes `system`).
+    pub role: Role,
+    /// The text (text parts joined).
+    pub content: String,
+}
+
+/// Whether the answer is streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// One `chat.completion`.
+    Whole,
+    /// `chat.completion.chunk`s; with a final usage chunk when `include_usage` is set.
+    Stream {
+        /// `stream_options.include_usage`.
+        include_usage: bool,
+    },
+}
+
+/// A chat request with every value checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// The conversation.
+    pub messages: Vec<PromptMessage>,
+    /// `max_completion_tokens` or `max_tokens`, at least 1; `None` means up to the context end.
+    pub max_tokens: Option<u32>,
+    /// Sampling settings (the seed is the request's, or a random one).
+    pub sampling: SamplingParams,
+    /// At most [`MAX_STOP_STRINGS`] non-empty stop strings.
+    pub stop: Vec<String>,
+    /// Choices to generate, in `1..=MAX_N`.
+    pub n: u32,
+    /// Streamed or whole.
+    pub delivery: Delivery,
+}
+
+/// Validates `request` against the served model.
+///
+/// # Errors
+/// [`Error::Validation`] for the first invalid field, naming it and its limit.
+pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<GenerationRequest> {
+    refuse_unsupported(request)?;
+    if !request.model.is_empty() && request.model != model.model_id {
+        return Err(Error::validation(
+            "model",
+            format!(
+                "the model `{}` is not served here; this server serves `{}`",
+                request.model, model.model_id
+            ),
+        ));
+    }
+    let messages = messages(&request.messages)?;
+    let temperature = in_range("temperature", request.temperature, 1.0, 0.0..=2.0)?;
+    let top_p = request.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Error::validation(
+            "top_p",
+            format!("{top_p} is not in (0, 1]"),
+        ));
+    }
+    let top_k = match request.top_k.unwrap_or(-1) {
+        k if k < -1 => {
+            return Err(Error::validation(
+                "top_k",
+                format!("{k} is below -1 (-1 or 0 disables top-k)"),
+            ));
+        }
+        k => k.max(0) as usize,
+    };
+    let min_p = in_range("min_p", request.min_p, 0.0, 0.0..=1.0)?;
+    let presence_penalty = in_range(
+        "presence_penalty",
+        request.presence_penalty,
+        0.0,
+        -2.0..=2.0,
+    )?;
+    let frequency_penalty = in_range(
+        "frequency_penalty",
+        request.frequency_penalty,
+        0.0,
+        -2.0..=2.0,
+    )?;
+    let repetition_penalty = request.repetition_penalty.unwrap_or(1.0);
+    if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+        return Err(Error::validation(
+            "repetition_penalty",
+            format!("{repetition_penalty} must be greater than 0"),
+        ));
+    }
+    let max_tokens = max_tokens(request)?;
+    let stop = stop_strings(request)?;
+    let n = request.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(Error::validation(
+            "n",
+            format!("{n} is not in [1, {MAX_N}]"),
+        ));
+    }
+    let logprobs = logprobs(request)?;
+    let logit_bias = logit_bias(request, model.vocab_size)?;
+    let seed = match request.seed {
+        Some(seed) => seed as u64,
+        None => rand::random(),
+    };
+    let delivery = if request.stream.unwrap_or(false) {
+        Delivery::Stream {
+            include_usage: request.include_usage(),
+        }
+    } else {
+        Delivery::Whole
+    };
+    Ok(GenerationRequest {
+        messages,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            presence_penalty,
+            frequency_penalty,
+            repetition_penalty,
+            logit_bias,
+            seed,
+            logprobs,
+        },
+        stop,
+        n,
+        delivery,
+    })
+}
+
+fn in_range(
+    param: &str,
+    value: Option<f32>,
+    default: f32,
+    range: std::ops::RangeInclusive<f32>,
+) -> Result<f32> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(Error::validation(
+            param,
+            format!("{v} is not in [{}, {}]", range.start(), range.end()),
+        ))
+    }
+}
+
+fn is_set(v: &Option<Value>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_null())
+}
+
+fn refuse_unsupported(r: &ChatCompletionRequest) -> Result<()> {
+    let unsupported = |param: &str, what: &str| {
+        Err(Error::validation(
+            param,
+            format!("{what} is not supported by this server"),
+        ))
+    };
+    if r.tools
+        .as_ref()
+        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return unsupported("tools", "tool calling");
+    }
+    if r.tool_choice
+        .as_ref()
+        .is_some_and(|c| !c.is_null() && c != "none")
+    {
+        return unsupported("tool_choice", "tool calling");
+    }
+    if is_set(&r.functions) {
+        return unsupported("functions", "function calling");
+    }
+    if is_set(&r.function_call) {
+        return unsupported("function_call", "function calling");
+    }
+    if let Some(format) = r.response_format.as_ref().filter(|f| !f.is_null()) {
+        let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind != "text" {
+            return unsupported(
+                "response_format",
+                &format!("response_format of type `{kind}` (only `text`)"),
+            );
+        }
+    }
+    if is_set(&r.audio) {
+        return unsupported("audio", "audio output");
+    }
+    if let Some(m) = r.modalities.as_ref().filter(|m| !m.is_null()) {
+        let text_only = m
+            .as_array()
+            .is_some_and(|a| a.iter().all(|v| v.as_str() == Some("text")));
+        if !text_only {
+            return unsupported("modalities", "any modality but `text`");
+        }
+    }
+    if is_set(&r.prediction) {
+        return unsupported("prediction", "predicted output");
+    }
+    if is_set(&r.reasoning_effort) {
+        return unsupported("reasoning_effort", "reasoning effort");
+    }
+    if is_set(&r.web_search_options) {
+        return unsupported("web_search_options", "web search");
+    }
+    Ok(())
+}
+
+fn messages(messages: &[ChatMessage]) -> Result<Vec<PromptMessage>> {
+    if messages.is_empty() {
+        return Err(Error::validation(
+            "messages",
+            "at least one message is required",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if is_set(&m.tool_calls) {
+                return Err(Error::validation(
+                    format!("messages[{i}].tool_calls"),
+                    "tool calling is not supported by this server",
+                ));
+            }
+            let content = match &m.content {
+                None => String::new(),
+                Some(MessageContent::Text(t)) => t.clone(),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut texts = Vec::with_capacity(parts.len());
+                    for (j, part) in parts.iter().enumerate() {
+                        match part {
+                            ContentPart::Text { text } => texts.push(text.as_str()),
+                            other => {
+                                return Err(Error::validation(
+                                    format!("messages[{i}].content[{j}].type"),
+                                    format!(
+                                        "content of type `{}` is not supported; only `text`",
+                                        other.kind()
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    texts.join("\n")
+                }
+            };
+            let role = match m.role {
+                Role::Developer => Role::System,
+                r => r,
+            };
+            Ok(PromptMessage { role, content })
+        })
+        .collect()
+}
+
+fn max_tokens(r: &ChatCompletionRequest) -> Result<Option<u32>> {
+    let (param, value) = match (r.max_completion_tokens, r.max_tokens) {
+        (Some(v), _) => ("max_completion_tokens", Some(v)),
+        (None, v) => ("max_tokens", v),
+    };
+    match value {
+        Some(0) => Err(Error::validation(param, "0 is below the minimum of 1")),
+        v => Ok(v),
+    }
+}
+
+fn stop_strings(r: &ChatCompletionRequest) -> Result<Vec<String>> {
+    let stops = r.stop.as_ref().map(|s| s.as_slice()).unwrap_or(&[]);
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(Error::validation(
+            "stop",
+            format!(
+                "{} stop strings given; at most {MAX_STOP_STRINGS} are allowed",
+                stops.len()
+            ),
+        ));
+    }
+    if let Some(i) = stops.iter().position(String::is_empty) {
+        return Err(Error::validation(
+            format!("stop[{i}]"),
+            "stop strings must not be empty",
+        ));
+    }
+    Ok(stops.to_vec())
+}
+
+fn logprobs(r: &ChatCompletionRequest) -> Result<Logprobs> {
+    match (r.logprobs.unwrap_or(false), r.top_logprobs) {
+        (false, None) => Ok(Logprobs::Off),
+        (false, Some(_)) => Err(Error::validation(
+            "top_logprobs",
+            "requires `logprobs` to be true",
+        )),
+        (true, top) => {
+            let top = top.unwrap_or(0);
+            if top > MAX_TOP_LOGPROBS {
+                return Err(Error::validation(
+                    "top_logprobs",
+                    format!("{top} is not in [0, {MAX_TOP_LOGPROBS}]"),
+                ));
+            }
+            Ok(Logprobs::On { top: top.into() })
+        }
+    }
+}
+
+fn logit_bias(r: &ChatCompletionRequest, vocab_size: usize) -> Result<Vec<(u32, f32)>> {
+    let Some(map) = &r.logit_bias else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (key, &bias) in map {
+        let param = || format!("logit_bias[{key}]");
+        let id: u32 = key
+            .trim()
+            .parse()
+            .map_err(|_| Error::validation(param(), "keys must be token ids (decimal integers)"))?;
+        if id as usize >= vocab_size {
+            return Err(Error::validation(
+                param(),
+                format!("token id {id} is outside the vocabulary of {vocab_size} tokens"),
+            ));
+        }
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(Error::validation(
+                param(),
+                format!("{bias} is not in [-100, 100]"),
+            ));
+        }
+        out.push((id, bias));
+    }
+    out.sort_by_key(|&(id, _)| id);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> ModelLimits {
+        ModelLimits {
+            model_id: "smollm2".into(),
+            vocab_size: 1000,
+        }
+    }
+
+    fn req(extra: Value) -> ChatCompletionRequest {
+        let mut base = json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]});
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn param_of(extra: Value) -> String {
+        match validate(&req(extra), &limits()) {
+            Err(Error::Validation { param, .. }) => param,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_openai_defaults() {
+        let g = validate(&req(json!({"seed": 7})), &limits()).unwrap();
+        assert_eq!(g.sampling.temperature, 1.0);
+        assert_eq!(g.sampling.top_p, 1.0);
+        assert_eq!(g.sampling.top_k, 0);
+        assert_eq!(g.sampling.seed, 7);
+        assert_eq!(g.n, 1);
+        assert_eq!(g.max_tokens, None);
+        assert_eq!(g.delivery, Delivery::Whole);
+        assert_eq!(g.messages[0].content, "hi");
+    }
+
+    #[test]
+    fn each_range_names_its_field() {
+        let cases = [
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"temperature": -0.1}), "temperature"),
+            (json!({"top_p": 0.0}), "top_p"),
+            (json!({"top_p": 1.1}), "top_p"),
+            (json!({"top_k": -2}), "top_k"),
+            (json!({"min_p": 1.5}), "min_p"),
+            (json!({"presence_penalty": 2.1}), "presence_penalty"),
+            (json!({"frequency_penalty": -3}), "frequency_penalty"),
+            (json!({"repetition_penalty": 0}), "repetition_penalty"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_completion_tokens": 0}), "max_completion_tokens"),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (json!({"stop": ["a", ""]}), "stop[1]"),
+            (json!({"n": 0}), "n"),
+            (json!({"n": 9}), "n"),
+            (json!({"messages": []}), "messages"),
+            (json!({"top_logprobs": 3}), "top_logprobs"),
+            (
+                json!({"logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
+            (json!({"logit_bias": {"abc": 1}}), "logit_bias[abc]"),
+            (json!({"logit_bias": {"5000": 1}}), "logit_bias[5000]"),
+            (json!({"logit_bias": {"5": 101}}), "logit_bias[5]"),
+            (json!({"model": "gpt-4"}), "model"),
+        ];
+        for (extra, param) in cases {
+            assert_eq!(param_of(extra.clone()), param, "{extra}");
+        }
+    }
+
+    #[test]
+    fn messages_show_the_limit() {
+        let err = validate(&req(json!({"temperature": 3})), &limits()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `temperature`: 3 is not in [0, 2]"
+        );
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_by_name() {
+        let tool = json!([{"type": "function", "function": {"name": "f"}}]);
+        assert_eq!(param_of(json!({"tools": tool})), "tools");
+        assert_eq!(param_of(json!({"tool_choice": "auto"})), "tool_choice");
+        assert_eq!(
+            param_of(json!({"response_format": {"type": "json_object"}})),
+            "response_format"
+        );
+        let img = json!([{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]);
+        assert_eq!(
+            param_of(json!({"messages": img})),
+            "messages[0].content[1].type"
+        );
+        // Harmless values are accepted.
+        let ok = json!({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+                        "parallel_tool_calls": true, "modalities": ["text"], "user": "u1",
+                        "some_future_field": 1});
+        validate(&req(ok), &limits()).unwrap();
+    }
+
+    #[test]
+    fn legal_values_are_carried() {
+        let g = validate(
+            &req(json!({
+                "messages": [{"role": "developer", "content": "be brief"},
+                             {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                          {"type": "text", "text": "b"}]}],
+                "temperature": 0, "top_p": 0.5, "top_k": -1, "min_p": 0.1,
+                "max_tokens": 10, "max_completion_tokens": 5, "stop": "END", "n": 2,
+                "logprobs": true, "top_logprobs": 3, "logit_bias": {"42": -100},
+                "stream": true, "stream_options": {"include_usage": true}, "model": ""
+            })),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(g.messages[0].role, Role::System);
+        assert_eq!(g.messages[1].content, "a\nb");
+        assert_eq!(g.max_tokens, Some(5));
+        assert_eq!(g.stop, vec!["END".to_string()]);
+        assert_eq!(g.n, 2);
+        assert_eq!(g.sampling.top_k, 0);
+        assert_eq!(g.sampling.logprobs, Logprobs::On { top: 3 });
+        assert_eq!(g.sampling.logit_bias, vec![(42, -100.0)]);
+        assert_eq!(
+            g.delivery,
+            Delivery::Stream {
+                include_usage: true
+            }
+        );
+    }
+
+    #[test]
+    fn unseeded_requests_get_different_seeds() {
+        let a = validate(&req(json!({})), &limits()).unwrap();
+        let b = validate(&req(json!({})), &limits()).unwrap();
+        assert_ne!(a.sampling.seed, b.sampling.seed);
+    }
+}

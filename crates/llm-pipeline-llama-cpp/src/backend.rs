@@ -1,0 +1,340 @@
+//! [`Backend`] over one llama.cpp context shared by all running sequences.
+//!
+//! The context holds one KV stream of `MAX_MODEL_LEN` cells per sequence slot (see
+//! [`kv_layout`] for why streams and not one pool). Each engine step is one `llama_decode` over
+//! a batch mixing prefill chunks and decode tokens, asking for logits only where the engine
+//! needs them. Engine sequence ids are mapped to llama.cpp's sequence slots, which
+//! [`Backend::release`] frees together with the sequence's KV cells.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
+use llama_cpp_2::token::LlamaToken;
+use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use llm_pipeline_core::config::PipelineConfig;
+
+use crate::LlamaCppError;
+use crate::runtime::{self, AmxPolicy};
+
+/// llama.cpp's own cap on sequences per context (`LLAMA_MAX_SEQ`).
+const LLAMA_MAX_SEQ: u32 = 256;
+
+/// The llama.cpp backend.
+pub struct LlamaCppBackend {
+    // Field order matters: the context borrows the model and must be dropped first.
+    ctx: LlamaContext<'static>,
+    model: Box<LlamaModel>,
+    batch: LlamaBatch<'static>,
+    slots: HashMap<SeqId, i32>,
+    free_slots: Vec<i32>,
+    info: BackendInfo,
+}
+
+impl std::fmt::Debug for LlamaCppBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaCppBackend")
+            .field("info", &self.info)
+            .field("sequences", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the model is split over GPUs, from `TENSOR_PARALLEL_SIZE` and `PIPELINE_PARALLEL_SIZE`.
+fn split_mode(config: &PipelineConfig, gpus: usize) -> Result<LlamaSplitMode, LlamaCppError> {
+    let (tp, pp) = (config.tensor_parallel_size, config.pipeline_parallel_size);
+    if tp == 1 && pp == 1 {
+        return Ok(LlamaSplitMode::Layer);
+    }
+    let wanted = tp as usize * pp as usize;
+    if tp > 1 && pp > 1 {
+        return Err(LlamaCppError::Unsupported {
+            setting: "TENSOR_PARALLEL_SIZE",
+            message: "llama.cpp splits a model by rows or by layers, not both: set one of \
+                      TENSOR_PARALLEL_SIZE and PIPELINE_PARALLEL_SIZE to 1"
+                .into(),
+        });
+    }
+    if gpus < wanted {
+        return Err(LlamaCppError::Unsupported {
+            setting: if tp > 1 {
+                "TENSOR_PARALLEL_SIZE"
+            } else {
+                "PIPELINE_PARALLEL_SIZE"
+            },
+            message: format!("{wanted} GPUs requested but {gpus} found"),
+        });
+    }
+    Ok(if tp > 1 {
+        LlamaSplitMode::Row
+    } else {
+        LlamaSplitMode::Layer
+    })
+}
+
+/// KV cache bytes per token: keys and values, f16, every layer.
+fn kv_bytes_per_token(model: &LlamaModel) -> u64 {
+    let head_dim = model.n_embd() as u64 / u64::from(model.n_head().max(1));
+    2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2
+}
+
+/// How the KV cache is laid out: one stream of `cells_per_seq` cells per sequence slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Sequence slots (llama.cpp's `n_seq_max`).
+    pub seqs: u32,
+    /// Cells per slot: `MAX_MODEL_LEN` rounded up to llama.cpp's 256-cell padding.
+    pub cells_per_seq: u32,
+}
+
+/// Sizes the KV cache: as many whole `MAX_MODEL_LEN` streams as `MAX_NUM_SEQS` asks for and the
+/// memory budget holds.
+///
+/// Each sequence gets its own stream (llama.cpp's non-unified cache) rather than a share of one
+/// pool: attention then runs over the sequence's own cells only, in the same order whatever
+/// else is in the batch, so a greedy answer does not depend on the other requests (with a
+/// unified pool it did: SmolLM2's greedy text changed when batched). It also keeps attention
+/// cost per sequence independent of the batch. The price is that memory is reserved per slot,
+/// so the budget caps concurrency at `budget / (MAX_MODEL_LEN × bytes per token)` sequences.
+///
+/// The budget is `GPU_MEMORY_UTILIZATION × GPU memory − memory in use − weights` on a GPU, and
+/// `CPU_KV_CACHE_SPACE` on the CPU.
+///
+/// # Errors
+/// [`LlamaCppError::Unsupported`] naming `MAX_MODEL_LEN` when not even one sequence fits.
+pub fn kv_layout(
+    config: &PipelineConfig,
+    budget_bytes: u64,
+    bytes_per_token: u64,
+) -> Result<KvLayout, LlamaCppError> {
+    let cells_per_seq = config.max_model_len.div_ceil(256).saturating_mul(256);
+    let per_seq = u64::from(cells_per_seq) * bytes_per_token.max(1);
+    let fit = budget_bytes / per_seq;
+    let seqs = u64::from(config.max_num_seqs.min(LLAMA_MAX_SEQ)).min(fit) as u32;
+    if seqs == 0 {
+        return Err(LlamaCppError::Unsupported {
+            setting: "MAX_MODEL_LEN",
+            message: format!(
+                "one sequence of MAX_MODEL_LEN={} needs {per_seq} bytes of KV cache \
+                 ({bytes_per_token} per token) but the budget is {budget_bytes}; lower \
+                 MAX_MODEL_LEN or raise CPU_KV_CACHE_SPACE / GPU_MEMORY_UTILIZATION",
+                config.max_model_len
+            ),
+        });
+    }
+    if seqs < config.max_num_seqs {
+        tracing::warn!(
+            requested = config.max_num_seqs,
+            seqs,
+            budget_bytes,
+            "the KV budget holds fewer sequences than MAX_NUM_SEQS"
+        );
+    }
+    Ok(KvLayout {
+        seqs,
+        cells_per_seq,
+    })
+}
+
+impl LlamaCppBackend {
+    /// Loads a GGUF model and creates its context under `config`.
+    ///
+    /// # Errors
+    /// [`LlamaCppError`] when the file cannot be loaded, a setting cannot be honoured, or the
+    /// context cannot be created.
+    pub fn load(path: &Path, config: &PipelineConfig) -> Result<Self, LlamaCppError> {
+        let rt = runtime::runtime()?;
+        let gpus: Vec<_> = rt.gpus().cloned().collect();
+        let mut params =
+            LlamaModelParams::default().with_split_mode(split_mode(config, gpus.len())?);
+        if !gpus.is_empty() {
+            params = params.with_n_gpu_layers(u32::MAX / 2);
+        }
+        if rt.amx_policy() == AmxPolicy::Avoid {
+            tracing::warn!(
+                "the AMX CPU variant is loaded; set LLM_PIPELINE_ALLOW_AMX=1 to use its kernels"
+            );
+        }
+        let model = LlamaModel::load_from_file(&rt.backend, path, &params).map_err(|e| {
+            LlamaCppError::Load {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        })?;
+        let model = Box::new(model);
+        let bytes_per_token = kv_bytes_per_token(&model);
+        let budget = match gpus.first() {
+            Some(gpu) => {
+                let usable =
+                    (gpu.total_bytes as f64 * f64::from(config.gpu_memory_utilization)) as u64;
+                let used = gpu.total_bytes - gpu.free_bytes;
+                usable.saturating_sub(used).saturating_sub(model.size())
+            }
+            None => config.cpu_kv_cache_bytes,
+        };
+        let layout = kv_layout(config, budget, bytes_per_token)?;
+        let max_seqs = layout.seqs;
+        let n_ctx = layout.cells_per_seq * layout.seqs;
+        let n_batch = config.max_num_batched_tokens;
+        let threads = config.effective_threads() as i32;
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch.min(512))
+            .with_n_seq_max(max_seqs)
+            .with_kv_unified(false)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        // SAFETY: the model is boxed (its address is stable) and outlives the context: the
+        // context field is declared first, so it is dropped first.
+        let model_ref: &'static LlamaModel = unsafe { &*(model.as_ref() as *const LlamaModel) };
+        let ctx = model_ref
+            .new_context(&rt.backend, ctx_params)
+            .map_err(|e| LlamaCppError::Context { source: e })?;
+        let description = format!(
+            "llama.cpp ({}; cpu variant {}; {} threads; {} sequences × {} KV cells)",
+            gpus.first()
+                .map_or_else(|| "CPU".to_string(), |g| g.description.clone()),
+            rt.cpu_variant.as_deref().unwrap_or("unknown"),
+            threads,
+            layout.seqs,
+            layout.cells_per_seq
+        );
+        let info = BackendInfo {
+            vocab_size: model.n_vocab() as usize,
+            trained_context: model.n_ctx_train(),
+            kv_capacity: ctx.n_ctx(),
+            max_batch_tokens: n_batch,
+            max_seqs,
+            description,
+        };
+        tracing::info!(?info, bytes_per_token, budget, "llama.cpp backend loaded");
+        Ok(Self {
+            ctx,
+            model,
+            batch: LlamaBatch::new(n_batch as usize, 1),
+            slots: HashMap::new(),
+            free_slots: (0..max_seqs as i32).rev().collect(),
+            info,
+        })
+    }
+
+    /// The loaded model.
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    fn slot(&mut self, seq: SeqId) -> Result<i32, LlamaCppError> {
+        if let Some(&slot) = self.slots.get(&seq) {
+            return Ok(slot);
+        }
+        let slot = self
+            .free_slots
+            .pop()
+            .ok_or(LlamaCppError::TooManySequences {
+                max: self.info.max_seqs,
+            })?;
+        self.slots.insert(seq, slot);
+        Ok(slot)
+    }
+}
+
+impl Backend for LlamaCppBackend {
+    type Error = LlamaCppError;
+
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn forward(
+        &mut self,
+        batch: &[BatchEntry<'_>],
+        logits: &mut Logits,
+    ) -> Result<(), LlamaCppError> {
+        self.batch.clear();
+        let mut rows = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let slot = self.slot(entry.seq)?;
+            let last = entry.tokens.len().saturating_sub(1);
+            for (i, &token) in entry.tokens.iter().enumerate() {
+                let wants = entry.wants_logits && i == last;
+                let pos = (entry.start as usize + i) as i32;
+                self.batch
+                    .add(LlamaToken(token as i32), pos, &[slot], wants)
+                    .map_err(|e| LlamaCppError::Batch { source: e })?;
+                if wants {
+                    rows.push(self.batch.n_tokens() - 1);
+                }
+            }
+        }
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| LlamaCppError::Decode { source: e })?;
+        for i in rows {
+            logits.push_row(self.ctx.get_logits_ith(i));
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        if let Some(slot) = self.slots.remove(&seq) {
+            if let Err(e) = self.ctx.kv_cache_seq_rm(slot, None, None) {
+                tracing::error!(seq, slot, error = %e, "cannot free the KV cache of a sequence");
+            }
+            self.free_slots.push(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_layout_respects_budget_and_floor() {
+        let config = PipelineConfig::default()
+            .with_max_model_len(2000)
+            .with_max_num_seqs(4)
+            .validated()
+            .unwrap();
+        let layout = |budget| kv_layout(&config, budget, 1000);
+        // Plenty of memory: MAX_NUM_SEQS streams of MAX_MODEL_LEN, padded to 256 cells.
+        assert_eq!(
+            layout(1 << 40).unwrap(),
+            KvLayout {
+                seqs: 4,
+                cells_per_seq: 2048
+            }
+        );
+        // Budget-bound: whole streams only.
+        assert_eq!(layout(3 * 2048 * 1000 + 1).unwrap().seqs, 3);
+        // Less than one sequence: refused, naming MAX_MODEL_LEN.
+        let err = layout(2047 * 1000).unwrap_err();
+        assert!(err.to_string().contains("MAX_MODEL_LEN"), "{err}");
+        // llama.cpp's own cap on sequences.
+        let many = config.clone().with_max_num_seqs(1000);
+        assert_eq!(kv_layout(&many, 1 << 50, 1000).unwrap().seqs, LLAMA_MAX_SEQ);
+    }
+
+    #[test]
+    fn parallelism_without_gpus_is_refused() {
+        let tp = PipelineConfig::default().with_parallelism(2, 1);
+        let err = split_mode(&tp, 0).unwrap_err();
+        assert!(err.to_string().contains("TENSOR_PARALLEL_SIZE"), "{err}");
+        let pp = PipelineConfig::default().with_parallelism(1, 2);
+        assert!(
+            split_mode(&pp, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("PIPELINE_PARALLEL_SIZE")
+        );
+        assert!(split_mode(&PipelineConfig::default().with_parallelism(2, 2), 8).is_err());
+        assert_eq!(split_mode(&tp, 2).unwrap(), LlamaSplitMode::Row);
+        assert_eq!(split_mode(&pp, 2).unwrap(), LlamaSplitMode::Layer);
+    }
+}

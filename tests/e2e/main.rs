@@ -1,0 +1,240 @@
+//! End-to-end tests: the facade, the engine and the llama.cpp backend on SmolLM2-135M-Instruct.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use llm_pipeline::core::Error;
+use llm_pipeline::core::openai::{ChatCompletion, ChatCompletionRequest, FinishReason};
+use llm_pipeline::core::pipeline::Pipeline;
+use llm_pipeline::core::pricing::PriceTable;
+
+use common::{SHARED, ask, sys, wait_for};
+
+fn text(c: &ChatCompletion) -> &str {
+    c.choices[0].message.content.as_deref().unwrap_or("")
+}
+
+async fn greedy(request: ChatCompletionRequest) -> ChatCompletion {
+    SHARED
+        .chat(request.with_temperature(0.0))
+        .await
+        .expect("generation succeeds")
+}
+
+#[tokio::test]
+async fn capital_of_france_mentions_paris() {
+    let answer = greedy(sys("What is the capital of France?").with_max_tokens(64)).await;
+    assert!(
+        text(&answer).contains("Paris"),
+        "answer: {:?}",
+        text(&answer)
+    );
+    assert_eq!(answer.object, "chat.completion");
+    assert!(answer.id.starts_with("chatcmpl-"));
+}
+
+#[tokio::test]
+async fn stream_concatenates_to_the_whole_answer() {
+    let request = ask("Name three colors of the rainbow.")
+        .with_max_tokens(48)
+        .with_temperature(0.0);
+    let whole = greedy(request.clone()).await;
+    let mut stream = SHARED
+        .chat_stream(request.streaming_with_usage())
+        .await
+        .unwrap();
+    let (mut streamed, mut finish, mut usage, mut first_role) = (String::new(), None, None, None);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert_eq!(chunk.object, "chat.completion.chunk");
+        for c in &chunk.choices {
+            first_role = first_role.or(Some(c.delta.role));
+            streamed.push_str(c.delta.content.as_deref().unwrap_or(""));
+            finish = finish.or(c.finish_reason);
+        }
+        usage = usage.or(chunk.usage().copied());
+    }
+    assert_eq!(streamed, text(&whole));
+    assert_eq!(finish, whole.choices[0].finish_reason);
+    assert_eq!(usage, Some(whole.usage));
+    assert!(
+        first_role.flatten().is_some(),
+        "the first delta carries the role"
+    );
+}
+
+#[tokio::test]
+async fn max_tokens_yields_length() {
+    let answer = greedy(ask("Write a long story about a dragon.").with_max_tokens(5)).await;
+    assert_eq!(answer.choices[0].finish_reason, Some(FinishReason::Length));
+    assert_eq!(answer.usage.completion_tokens, 5);
+}
+
+#[tokio::test]
+async fn stop_string_is_honoured_and_not_emitted() {
+    let request = sys("What is the capital of France?").with_max_tokens(64);
+    let free = greedy(request.clone()).await;
+    let full = text(&free).to_owned();
+    let at = full
+        .find("Paris")
+        .expect("the unconstrained answer mentions Paris");
+    let stopped = greedy(request.with_stop("Paris")).await;
+    assert_eq!(text(&stopped), &full[..at]);
+    assert_eq!(stopped.choices[0].finish_reason, Some(FinishReason::Stop));
+    assert!(stopped.usage.completion_tokens < free.usage.completion_tokens);
+}
+
+#[tokio::test]
+async fn usage_counts_are_exact() {
+    let request = ask("Say hello.").with_max_tokens(32).with_logprobs(2);
+    let prompt = SHARED.prompt_tokens(&request).await.unwrap();
+    let answer = greedy(request).await;
+    let logprobs = answer.choices[0]
+        .logprobs
+        .as_ref()
+        .expect("logprobs were asked for");
+    assert_eq!(answer.usage.prompt_tokens as usize, prompt.len());
+    assert_eq!(
+        answer.usage.completion_tokens as usize,
+        logprobs.content.len()
+    );
+    assert_eq!(
+        answer.usage.total_tokens,
+        answer.usage.prompt_tokens + answer.usage.completion_tokens
+    );
+    for entry in &logprobs.content {
+        assert!(entry.logprob <= 0.0);
+        assert_eq!(entry.top_logprobs.len(), 2);
+        // Greedy: the chosen token is the most likely one.
+        assert!(entry.logprob >= entry.top_logprobs[0].logprob - 1e-4);
+    }
+}
+
+#[tokio::test]
+async fn prompt_over_max_model_len_is_a_validation_error() {
+    let prices = PriceTable {
+        price_per_unit: 7,
+        pixels_per_unit: 3,
+    };
+    let small = llm_pipeline::llama_cpp::load(&common::config(64, 1).with_prices(prices)).unwrap();
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+    match small.chat(ask(&long)).await {
+        Err(Error::Validation { param, message }) => {
+            assert_eq!(param, "messages");
+            assert!(message.contains("MAX_MODEL_LEN"), "{message}");
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    // A prompt that fits is cut at the context end with `length` (end-of-turn tokens banned, so
+    // that the answer is long enough to reach it).
+    let mut request = ask("Hi").with_max_tokens(500).with_temperature(0.0);
+    for &eog in &small.tokenizer().special().end_of_generation {
+        request = request.with_logit_bias(eog, -100.0);
+    }
+    let answer = small.chat(request).await.unwrap();
+    assert_eq!(answer.choices[0].finish_reason, Some(FinishReason::Length));
+    assert_eq!(answer.usage.total_tokens, 64);
+    // Livepeer's quote is by max_tokens; the charge by the tokens actually generated.
+    let meta = answer.metadata.expect("pricing metadata");
+    assert_eq!(meta.price_quote.as_deref(), Some("3500/3"));
+    let charged = prices.charge(answer.usage.completion_tokens).to_string();
+    assert_eq!(meta.price_charged, Some(charged));
+}
+
+#[tokio::test]
+async fn bad_values_are_refused_before_generation() {
+    match SHARED.chat(ask("hi").with_temperature(3.0)).await {
+        Err(Error::Validation { param, .. }) => assert_eq!(param, "temperature"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_sequence() {
+    let pipeline = llm_pipeline::llama_cpp::load(&common::config(1024, 2)).unwrap();
+    let mut stream = pipeline
+        .chat_stream(
+            ask("Count from one to one thousand.")
+                .with_max_tokens(900)
+                .with_temperature(0.0)
+                .streaming(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        stream.next().await.unwrap().unwrap();
+    }
+    assert_eq!(pipeline.engine().stats().running, 1);
+    drop(stream);
+    let stats = wait_for(&pipeline, Duration::from_secs(10), |s| {
+        s.running == 0 && s.in_flight == 0
+    });
+    assert_eq!(stats.cancelled, 1);
+    assert!(stats.generated_tokens < 900, "{stats:?}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_equal_each_alone() {
+    let prompts = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "What is 12 times 12?",
+        "List three fruits.",
+        "Who wrote Hamlet?",
+        "Translate 'good morning' into Spanish.",
+    ];
+    let pipeline = llm_pipeline::llama_cpp::load(&common::config(1024, 8)).unwrap();
+    let request = |p: &str| sys(p).with_max_tokens(24).with_temperature(0.0);
+    let mut alone = Vec::new();
+    for p in prompts {
+        alone.push(text(&pipeline.chat(request(p)).await.unwrap()).to_owned());
+    }
+    let together =
+        futures::future::join_all(prompts.iter().map(|p| pipeline.chat(request(p)))).await;
+    for ((p, a), t) in prompts.iter().zip(&alone).zip(together) {
+        assert_eq!(text(&t.unwrap()), a, "prompt {p:?}");
+    }
+    wait_for(&pipeline, Duration::from_secs(5), |s| {
+        s.running == 0 && s.in_flight == 0
+    });
+}
+
+#[tokio::test]
+async fn seeded_sampling_is_reproducible() {
+    let request = ask("Tell me a short joke.")
+        .with_max_tokens(24)
+        .with_temperature(1.0);
+    let a = SHARED.chat(request.clone().with_seed(42)).await.unwrap();
+    let b = SHARED.chat(request.clone().with_seed(42)).await.unwrap();
+    assert_eq!(text(&a), text(&b));
+    let mut differs = false;
+    for seed in 1..6 {
+        let c = SHARED.chat(request.clone().with_seed(seed)).await.unwrap();
+        differs |= text(&c) != text(&a);
+    }
+    assert!(differs, "five other seeds all gave the same text");
+}
+
+#[tokio::test]
+async fn n_choices_and_pricing_metadata() {
+    let answer = SHARED
+        .chat(
+            ask("Say something.")
+                .with_max_tokens(8)
+                .with_temperature(0.9)
+                .with_seed(3)
+                .with_n(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.choices.len(), 3);
+    for (i, c) in answer.choices.iter().enumerate() {
+        assert_eq!(c.index as usize, i);
+    }
+    let meta = answer.metadata.expect("pricing metadata");
+    // The shared pipeline is free: quote and charge are zero.
+    assert_eq!(meta.price_quote.as_deref(), Some("0"));
+    assert_eq!(meta.price_charged.as_deref(), Some("0"));
+}

