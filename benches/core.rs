@@ -9,8 +9,12 @@
 
 mod template;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use llm_pipeline_core::detokenize::IncrementalDecoder;
+use llm_pipeline_core::engine::scheduler::{self, Budget, SeqView};
+use llm_pipeline_core::gguf::GgufMetadata;
 use llm_pipeline_core::sampling::{Sampler, SamplingParams};
+use llm_pipeline_core::tokenizer::Tokenizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -69,5 +73,70 @@ fn bench_sampling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_sampling, template::bench_template);
+fn smollm2() -> String {
+    std::env::var("LLM_PIPELINE_SMOLLM2").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    })
+}
+
+/// One token through the incremental decoder, averaged over a mixed text (ASCII, accents,
+/// CJK and emoji, so that partial UTF-8 characters are exercised).
+fn bench_detokenizer(c: &mut Criterion) {
+    let meta = GgufMetadata::from_path(smollm2()).expect("SmolLM2 GGUF (run `cargo xtask models`)");
+    let tokenizer = Tokenizer::from_gguf(&meta).expect("tokenizer");
+    let text = "The café in Zürich serves 日本の抹茶 and 🍰 with a smile. ".repeat(8);
+    let ids = tokenizer.encode_prompt(&text).expect("encodes");
+    let mut group = c.benchmark_group("detokenizer");
+    group.throughput(Throughput::Elements(ids.len() as u64));
+    group.bench_function("step_per_token/smollm2", |b| {
+        b.iter(|| {
+            let mut decoder = IncrementalDecoder::new();
+            let mut out = 0;
+            for &id in &ids {
+                if let Some(piece) = decoder.step(&tokenizer, id).expect("decodes") {
+                    out += piece.len();
+                }
+            }
+            out
+        })
+    });
+    group.finish();
+}
+
+/// The step planner with 128 running sequences and 64 waiting.
+fn bench_scheduler(c: &mut Criterion) {
+    let running: Vec<SeqView> = (0..128)
+        .map(|i| SeqView {
+            id: i,
+            computed: 100 + (i as u32 * 37) % 900,
+            pending: if i % 16 == 0 { 50 } else { 1 },
+        })
+        .collect();
+    let waiting: Vec<SeqView> = (128..192)
+        .map(|i| SeqView {
+            id: i,
+            computed: 0,
+            pending: 200,
+        })
+        .collect();
+    let budget = Budget {
+        max_batched_tokens: 8192,
+        max_seqs: 160,
+        kv_capacity: 1 << 20,
+    };
+    c.bench_function("scheduler/plan_128_running_64_waiting", |b| {
+        b.iter(|| scheduler::plan(&running, &waiting, budget))
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_sampling,
+    bench_detokenizer,
+    bench_scheduler,
+    template::bench_template
+);
 criterion_main!(benches);

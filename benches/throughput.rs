@@ -43,6 +43,12 @@ fn args() -> Args {
         rounds: 3,
     };
     let argv: Vec<String> = std::env::args().collect();
+    if !argv.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs this without `--bench`: a quick smoke run.
+        a.tokens = 4;
+        a.batches = vec![1, 2];
+        a.rounds = 1;
+    }
     let mut it = argv.iter().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().cloned().unwrap_or_default();

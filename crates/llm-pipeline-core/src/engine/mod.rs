@@ -498,3 +498,6 @@ impl<B: Backend> Actor<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

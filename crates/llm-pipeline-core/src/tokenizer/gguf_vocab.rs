@@ -190,18 +190,35 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Speci
     if let Some(b) = meta.get_bool("tokenizer.ggml.add_bos_token")? {
         add_bos = b;
     }
-
     // Default ids are llama.cpp's, used when the file names none.
-    let (bos_default, eos_default) = match kind {
+    let (bos, eos) = match kind {
         ModelKind::Bpe => (Some(11), Some(11)),
         ModelKind::Spm => (Some(1), Some(2)),
     };
     let bos = if no_bos {
         None
     } else {
-        vocab.special_id("bos_token_id", bos_default)?
+        vocab.special_id("bos_token_id", bos)?
     };
-    let eos = vocab.special_id("eos_token_id", eos_default)?;
+    let eos = vocab.special_id("eos_token_id", eos)?;
+    let end_of_generation = adjust_kinds(&mut vocab, eos)?;
+    add_special_tokens(&mut tokenizer, &vocab)?;
+
+    let text = |id: Option<u32>| id.and_then(|id| vocab.text(id)).map(str::to_owned);
+    let special = SpecialTokens {
+        bos,
+        eos,
+        end_of_generation,
+        add_bos: add_bos && bos.is_some(),
+        bos_text: text(bos),
+        eos_text: text(eos),
+    };
+    Ok((tokenizer, special))
+}
+
+/// Adjusts token kinds as llama.cpp does and returns the end-of-generation ids: end-of-turn and
+/// FIM look-alikes become control tokens, gpt-oss channel markers user-defined.
+fn adjust_kinds(vocab: &mut Vocabulary<'_>, eos: Option<u32>) -> Result<Vec<u32>> {
     let mut seeds = EogSeeds {
         eos,
         eot: vocab.special_id("eot_token_id", None)?,
@@ -210,36 +227,25 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Speci
         fim_rep: vocab.special_id("fim_rep_token_id", None)?,
         fim_sep: vocab.special_id("fim_sep_token_id", None)?,
     };
-    let mut fim_other = Vec::new();
+    seeds.detect_missing(&|t| vocab.lookup(t));
+    let mut controls = vec![
+        seeds.eot,
+        seeds.eom,
+        seeds.fim_pad,
+        seeds.fim_rep,
+        seeds.fim_sep,
+    ];
     for (key, texts) in [
         ("fim_pre_token_id", special::FIM_PRE_TEXTS),
         ("fim_suf_token_id", special::FIM_SUF_TEXTS),
         ("fim_mid_token_id", special::FIM_MID_TEXTS),
     ] {
         let id = vocab.special_id(key, None)?;
-        fim_other.push(id.or_else(|| special::find_first(texts, &|t| vocab.lookup(t))));
+        controls.push(id.or_else(|| special::find_first(texts, &|t| vocab.lookup(t))));
     }
-    seeds.detect_missing(&|t| vocab.lookup(t));
-
-    // llama.cpp makes every end-of-turn or FIM look-alike a control token.
-    for id in [
-        seeds.eot,
-        seeds.eom,
-        seeds.fim_pad,
-        seeds.fim_rep,
-        seeds.fim_sep,
-    ]
-    .into_iter()
-    .chain(fim_other)
-    {
+    controls.extend(special::EOG_TEXTS.iter().map(|t| vocab.lookup(t)));
+    for id in controls {
         vocab.mark_control(id);
-    }
-    let eog_by_text: Vec<u32> = special::EOG_TEXTS
-        .iter()
-        .filter_map(|t| vocab.lookup(t))
-        .collect();
-    for id in eog_by_text {
-        vocab.mark_control(Some(id));
     }
     for text in special::ALWAYS_RENDERED {
         let id = vocab.lookup(text);
@@ -250,17 +256,7 @@ pub(super) fn build(meta: &GgufMetadata) -> Result<(tokenizers::Tokenizer, Speci
     });
     vocab.mark(eog.demoted_end, Kind::UserDefined);
     vocab.mark(eog.demoted_eos, Kind::Normal);
-    add_special_tokens(&mut tokenizer, &vocab)?;
-    let text = |id: Option<u32>| id.and_then(|id| vocab.text(id)).map(str::to_owned);
-    let special = SpecialTokens {
-        bos,
-        eos,
-        end_of_generation: eog.ids,
-        add_bos: add_bos && bos.is_some(),
-        bos_text: text(bos),
-        eos_text: text(eos),
-    };
-    Ok((tokenizer, special))
+    Ok(eog.ids)
 }
 
 fn unsupported(message: String) -> Error {

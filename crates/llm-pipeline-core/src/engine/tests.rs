@@ -1,0 +1,419 @@
+//! Engine tests over a deterministic test backend.
+//!
+//! The backend's "model" makes each next token a function of the sequence's whole history, and
+//! it checks that every batch entry starts where that sequence's cache ends; so wrong
+//! positions, lost tokens or mixed-up sequences change the output or fail the step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use crate::openai::FinishReason;
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+const VOCAB: u32 = 64;
+const EOS: u32 = 0;
+/// After this token the model always says EOS.
+const STOPPER: u32 = 7;
+
+/// The test model: the next token after `history`.
+fn next_token(history: &[u32]) -> u32 {
+    if history.last() == Some(&STOPPER) {
+        return EOS;
+    }
+    let h = history
+        .iter()
+        .fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(u64::from(t)));
+    // Never EOS or STOPPER on its own, so that lengths are controlled by the tests.
+    (h % u64::from(VOCAB - 8)) as u32 + 8
+}
+
+/// Observations shared with the test.
+#[derive(Debug, Default)]
+struct Observed {
+    live: AtomicUsize,
+    max_batch_tokens: AtomicUsize,
+    max_batch_seqs: AtomicUsize,
+    steps: Mutex<Vec<usize>>,
+}
+
+#[derive(Debug)]
+struct TestBackend {
+    info: BackendInfo,
+    kv: HashMap<SeqId, Vec<u32>>,
+    seen: Arc<Observed>,
+    step_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TestError(String);
+
+impl Backend for TestBackend {
+    type Error = TestError;
+
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits) -> Result<(), TestError> {
+        std::thread::sleep(self.step_delay);
+        let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
+        self.seen
+            .max_batch_tokens
+            .fetch_max(tokens, Ordering::SeqCst);
+        self.seen
+            .max_batch_seqs
+            .fetch_max(batch.len(), Ordering::SeqCst);
+        self.seen.steps.lock().unwrap().push(tokens);
+        if tokens > self.info.max_batch_tokens as usize || batch.len() > self.info.max_seqs as usize
+        {
+            return Err(TestError(format!(
+                "batch of {tokens} tokens / {} seqs",
+                batch.len()
+            )));
+        }
+        let used: usize = self.kv.values().map(Vec::len).sum();
+        if used + tokens > self.info.kv_capacity as usize {
+            return Err(TestError("out of KV cells".into()));
+        }
+        for e in batch {
+            let cache = self.kv.entry(e.seq).or_default();
+            if cache.len() != e.start as usize {
+                return Err(TestError(format!(
+                    "seq {} starts at {} but its cache holds {}",
+                    e.seq,
+                    e.start,
+                    cache.len()
+                )));
+            }
+            cache.extend_from_slice(e.tokens);
+            if e.wants_logits {
+                let mut row = vec![0.0; VOCAB as usize];
+                row[next_token(cache) as usize] = 10.0;
+                logits.push_row(&row);
+            }
+        }
+        self.seen.live.store(self.kv.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        self.kv.remove(&seq);
+        self.seen.live.store(self.kv.len(), Ordering::SeqCst);
+    }
+}
+
+/// A word-level tokenizer over `t0 … t63` with `t0` as EOS.
+fn tokenizer() -> Arc<Tokenizer> {
+    static TOKENIZER: std::sync::OnceLock<Arc<Tokenizer>> = std::sync::OnceLock::new();
+    Arc::clone(TOKENIZER.get_or_init(write_tokenizer))
+}
+
+fn write_tokenizer() -> Arc<Tokenizer> {
+    let dir = std::env::temp_dir().join(format!("llmp-engine-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..VOCAB).map(|i| (format!("t{i}"), i.into())).collect();
+    let json = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [{"id": 0, "content": "t0", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t1"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t0"}"#).unwrap();
+    Arc::new(Tokenizer::from_dir(&dir).unwrap())
+}
+
+struct Setup {
+    kv_capacity: u32,
+    max_batch_tokens: u32,
+    max_seqs: u32,
+    max_queue: u32,
+    max_model_len: u32,
+    step_delay: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            kv_capacity: 4096,
+            max_batch_tokens: 256,
+            max_seqs: 8,
+            max_queue: 64,
+            max_model_len: 512,
+            step_delay: Duration::ZERO,
+        }
+    }
+}
+
+fn start(setup: Setup) -> (Engine, Arc<Observed>) {
+    let seen = Arc::new(Observed::default());
+    let observed = Arc::clone(&seen);
+    let info = BackendInfo {
+        vocab_size: VOCAB as usize,
+        trained_context: 4096,
+        kv_capacity: setup.kv_capacity,
+        max_batch_tokens: setup.max_batch_tokens,
+        max_seqs: setup.max_seqs,
+        description: "test".into(),
+    };
+    let engine = Engine::start(
+        move || {
+            Ok(TestBackend {
+                info,
+                kv: HashMap::new(),
+                seen: observed,
+                step_delay: setup.step_delay,
+            })
+        },
+        tokenizer(),
+        EngineLimits {
+            max_model_len: setup.max_model_len,
+            max_num_seqs: setup.max_seqs,
+            max_num_batched_tokens: setup.max_batch_tokens,
+            max_queue: setup.max_queue,
+        },
+    )
+    .unwrap();
+    (engine, seen)
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+fn request(prompt: Vec<u32>, max_tokens: u32) -> SeqRequest {
+    SeqRequest {
+        prompt,
+        max_tokens,
+        sampling: greedy(),
+        stop: Vec::new(),
+    }
+}
+
+/// What the model generates alone: tokens and finish reason.
+fn expected(prompt: &[u32], max_tokens: u32, max_model_len: u32) -> (Vec<u32>, FinishReason) {
+    let mut history = prompt.to_vec();
+    let mut out = Vec::new();
+    loop {
+        let t = next_token(&history);
+        history.push(t);
+        out.push(t);
+        if t == EOS {
+            return (out, FinishReason::Stop);
+        }
+        if out.len() as u32 >= max_tokens || history.len() as u32 >= max_model_len {
+            return (out, FinishReason::Length);
+        }
+    }
+}
+
+fn collect(mut rx: EventReceiver) -> (Vec<u32>, Finished) {
+    let mut tokens = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::Token(t) => tokens.push(t.token),
+            Event::Finished(f) => return (tokens, f),
+            Event::Failed { message } => panic!("sequence failed: {message}"),
+        }
+    }
+    panic!("the channel closed without Finished");
+}
+
+fn settle(engine: &Engine) -> EngineStats {
+    let start = Instant::now();
+    loop {
+        let s = engine.stats();
+        if s.running == 0 && s.waiting == 0 && s.in_flight == 0 {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "engine busy: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn prompt(seed: u32, len: u32) -> Vec<u32> {
+    (0..len)
+        .map(|i| (seed * 13 + i * 5) % (VOCAB - 8) + 8)
+        .collect()
+}
+
+#[test]
+fn one_sequence_generates_the_model_output_with_exact_usage() {
+    let (engine, seen) = start(Setup::default());
+    let p = prompt(1, 12);
+    let (tokens, f) = collect(engine.submit(request(p.clone(), 20)).unwrap());
+    let (want, reason) = expected(&p, 20, 512);
+    assert_eq!(tokens, want);
+    assert_eq!(f.reason, reason);
+    assert_eq!(
+        (f.prompt_tokens, f.completion_tokens),
+        (12, want.len() as u32)
+    );
+    settle(&engine);
+    assert_eq!(seen.live.load(Ordering::SeqCst), 0, "KV released");
+}
+
+#[test]
+fn eos_stops_with_stop_and_counts_the_eos_token() {
+    let (engine, _) = start(Setup::default());
+    let p = vec![9, 10, STOPPER];
+    let (tokens, f) = collect(engine.submit(request(p, 50)).unwrap());
+    assert_eq!(tokens, vec![EOS]);
+    assert_eq!((f.reason, f.completion_tokens), (FinishReason::Stop, 1));
+}
+
+#[test]
+fn concurrent_sequences_equal_each_alone() {
+    let (engine, seen) = start(Setup::default());
+    let prompts: Vec<Vec<u32>> = (0..20).map(|i| prompt(i, 5 + i % 7)).collect();
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(request(p.clone(), 30)).unwrap())
+        .collect();
+    for (p, rx) in prompts.iter().zip(receivers) {
+        let (tokens, f) = collect(rx);
+        let (want, reason) = expected(p, 30, 512);
+        assert_eq!(tokens, want);
+        assert_eq!(f.reason, reason);
+    }
+    assert!(
+        seen.max_batch_seqs.load(Ordering::SeqCst) > 1,
+        "sequences were batched"
+    );
+    assert!(
+        seen.max_batch_seqs.load(Ordering::SeqCst) <= 8,
+        "MAX_NUM_SEQS held"
+    );
+    settle(&engine);
+}
+
+#[test]
+fn long_prompts_are_prefilled_in_chunks_under_the_token_budget() {
+    let (engine, seen) = start(Setup {
+        max_batch_tokens: 16,
+        ..Setup::default()
+    });
+    let p = prompt(3, 100);
+    let (tokens, _) = collect(engine.submit(request(p.clone(), 10)).unwrap());
+    assert_eq!(tokens, expected(&p, 10, 512).0);
+    assert_eq!(seen.max_batch_tokens.load(Ordering::SeqCst), 16);
+    let steps = seen.steps.lock().unwrap().clone();
+    // 100 prompt tokens in chunks of at most 16: 7 prefill steps, then 9 decodes.
+    assert_eq!(&steps[..7], &[16, 16, 16, 16, 16, 16, 4]);
+}
+
+#[test]
+fn kv_exhaustion_preempts_and_recomputes_without_changing_outputs() {
+    // Room for about two sequences at a time; five of them, each growing to 70 tokens.
+    let (engine, _) = start(Setup {
+        kv_capacity: 150,
+        max_model_len: 128,
+        ..Setup::default()
+    });
+    let prompts: Vec<Vec<u32>> = (0..5).map(|i| prompt(i + 40, 30)).collect();
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(request(p.clone(), 40)).unwrap())
+        .collect();
+    for (p, rx) in prompts.iter().zip(receivers) {
+        let (tokens, _) = collect(rx);
+        assert_eq!(tokens, expected(p, 40, 128).0);
+    }
+    let stats = settle(&engine);
+    assert!(stats.preemptions > 0, "{stats:?}");
+}
+
+#[test]
+fn context_end_finishes_with_length() {
+    let (engine, _) = start(Setup {
+        max_model_len: 16,
+        ..Setup::default()
+    });
+    let p = prompt(5, 10);
+    let (tokens, f) = collect(engine.submit(request(p, 100)).unwrap());
+    assert_eq!((f.reason, tokens.len()), (FinishReason::Length, 6));
+    // A prompt that leaves no room is refused up front.
+    let err = engine.submit(request(prompt(5, 16), 1)).unwrap_err();
+    assert!(
+        matches!(err, Error::Validation { ref param, .. } if param == "messages"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dropped_receivers_cancel_and_free_their_cache() {
+    let (engine, seen) = start(Setup::default());
+    let mut rx = engine.submit(request(prompt(7, 8), 100_000)).unwrap();
+    let _ = rx.blocking_recv();
+    drop(rx);
+    let stats = settle(&engine);
+    assert_eq!(stats.cancelled, 1);
+    assert_eq!(seen.live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn full_queue_refuses_at_once() {
+    let (engine, _) = start(Setup {
+        max_seqs: 1,
+        max_queue: 1,
+        step_delay: Duration::from_millis(1),
+        ..Setup::default()
+    });
+    let a = engine.submit(request(prompt(1, 4), 100_000)).unwrap();
+    let b = engine.submit(request(prompt(2, 4), 100_000)).unwrap();
+    match engine.submit(request(prompt(3, 4), 1)) {
+        Err(Error::QueueFull { waiting }) => assert_eq!(waiting, 1),
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    drop((a, b));
+    settle(&engine);
+    // Capacity comes back once they are gone.
+    let (tokens, _) = collect(engine.submit(request(prompt(3, 4), 3)).unwrap());
+    assert_eq!(tokens.len(), 3);
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_not_emitted() {
+    let (engine, _) = start(Setup::default());
+    let p = prompt(9, 6);
+    let (want, _) = expected(&p, 12, 512);
+    // The word-level decoder joins tokens with spaces: stop at the fourth token's text.
+    let stop = format!("t{}", want[3]);
+    let mut rx = engine
+        .submit(SeqRequest {
+            stop: vec![stop.clone()],
+            ..request(p, 12)
+        })
+        .unwrap();
+    let mut text = String::new();
+    let finished = loop {
+        match rx.blocking_recv().unwrap() {
+            Event::Token(t) => text.push_str(&t.text),
+            Event::Finished(f) => break f,
+            Event::Failed { message } => panic!("{message}"),
+        }
+    };
+    assert_eq!(finished.reason, FinishReason::Stop);
+    assert!(!text.contains(&stop), "{text:?}");
+    assert_eq!(
+        finished.completion_tokens as usize,
+        want.iter().position(|&t| t == want[3]).unwrap() + 1
+    );
+}
