@@ -112,9 +112,38 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn cargo() -> Command {
+    remove_dangling_library_links();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
+}
+
+/// Removes dangling `lib*.so` links from the target directories.
+///
+/// llama-cpp-sys-2's build script links `libllama.so` and friends (symlinks to versioned names
+/// it does not copy) into `target/<profile>/{,deps,examples}`, and panics with "File exists"
+/// when it runs again and finds its own dangling links. That happens whenever cargo reruns it,
+/// for example when another selection of packages changes a build dependency's features.
+/// Nothing uses those links: cargo puts the build's own `lib/` directory on the library path.
+fn remove_dangling_library_links() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for profile in ["debug", "release"] {
+        for sub in ["", "deps", "examples"] {
+            let Ok(entries) = std::fs::read_dir(target.join(profile).join(sub)) else {
+                continue;
+            };
+            for path in entries.flatten().map(|e| e.path()) {
+                let is_lib = path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("lib"));
+                if is_lib && path.is_symlink() && !path.exists() {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
 }
 
 fn demo(args: &[String]) -> Result<()> {
