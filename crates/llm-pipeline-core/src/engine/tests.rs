@@ -359,7 +359,11 @@ fn context_end_finishes_with_length() {
 
 #[test]
 fn dropped_receivers_cancel_and_free_their_cache() {
-    let (engine, seen) = start(Setup::default());
+    // Slow steps, so that the sequence is still running when its receiver goes.
+    let (engine, seen) = start(Setup {
+        step_delay: Duration::from_millis(1),
+        ..Setup::default()
+    });
     let mut rx = engine.submit(request(prompt(7, 8), 100_000)).unwrap();
     let _ = rx.blocking_recv();
     drop(rx);
