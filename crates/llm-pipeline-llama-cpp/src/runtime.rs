@@ -7,10 +7,13 @@
 //! loads the best. The modules are looked up in `GGML_BACKENDS_DIR` (run time), else the
 //! directory the build wrote them to, else next to the executable.
 //!
-//! ggml's AMX kernels (the `sapphirerapids` variant's extra buffer type) are known to crash with
-//! SIGILL on some virtual machines that report AMX; [`AmxPolicy`] keeps them off unless
-//! `LLM_PIPELINE_ALLOW_AMX=1`, by turning off llama.cpp's extra buffer types when that variant
-//! is the one loaded.
+//! We pick the CPU variant ourselves rather than with ggml's `ggml_backend_load_all`: ggml would
+//! pick `sapphirerapids` on any CPU that reports AMX, and its AMX kernels die with SIGILL at
+//! `tilezero` on virtual machines that report AMX without supporting it (measured here: the
+//! demo crashed in a release build). So the best variant whose instructions the CPU has is
+//! chosen, AMX excluded unless `LLM_PIPELINE_ALLOW_AMX=1`. Which variant was loaded is reported
+//! ([`Runtime::cpu_variant`]; the backend's description and the throughput bench print it), so
+//! that a slow run can be told from a wrong kernel choice.
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -89,9 +92,7 @@ fn init() -> Result<Runtime, String> {
          directory"
             .to_string()
     })?;
-    let c_dir = CString::new(dir.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: a valid NUL-terminated path; ggml copies what it needs.
-    unsafe { llama_cpp_sys_2::ggml_backend_load_all_from_path(c_dir.as_ptr()) };
+    load_backends(&dir)?;
     let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
     let devices = devices();
     if devices.is_empty() {
@@ -107,6 +108,129 @@ fn init() -> Result<Runtime, String> {
         devices,
         cpu_variant,
     })
+}
+
+/// ggml's x86 CPU variants (ggml/src/CMakeLists.txt) and the instructions each one needs,
+/// best first.
+const CPU_VARIANTS: &[(&str, &[&str])] = &[
+    (
+        "sapphirerapids",
+        &["avx512f", "avx512vbmi", "avx512vnni", "avx512bf16", "amx"],
+    ),
+    (
+        "zen4",
+        &["avx512f", "avx512vbmi", "avx512vnni", "avx512bf16"],
+    ),
+    ("cooperlake", &["avx512f", "avx512vnni", "avx512bf16"]),
+    ("icelake", &["avx512f", "avx512vbmi", "avx512vnni"]),
+    ("cascadelake", &["avx512f", "avx512vnni"]),
+    ("cannonlake", &["avx512f", "avx512vbmi"]),
+    ("skylakex", &["avx512f"]),
+    ("alderlake", &["avx2", "fma", "f16c", "bmi2", "avxvnni"]),
+    ("haswell", &["avx2", "fma", "f16c", "bmi2"]),
+    ("piledriver", &["avx", "f16c", "fma"]),
+    ("ivybridge", &["avx", "f16c"]),
+    ("sandybridge", &["avx"]),
+    ("sse42", &["sse4.2"]),
+    ("x64", &[]),
+];
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has(feature: &str) -> bool {
+    let avx512 = || {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512cd")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512bw")
+    };
+    match feature {
+        // Never detected: AMX is opt-in (see the module docs).
+        "amx" => std::env::var("LLM_PIPELINE_ALLOW_AMX").is_ok_and(|v| v == "1"),
+        "avx512f" => avx512(),
+        "avx512vbmi" => is_x86_feature_detected!("avx512vbmi"),
+        "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
+        "avx512bf16" => is_x86_feature_detected!("avx512bf16"),
+        "avxvnni" => is_x86_feature_detected!("avxvnni"),
+        "avx2" => is_x86_feature_detected!("avx2"),
+        "fma" => is_x86_feature_detected!("fma"),
+        "f16c" => is_x86_feature_detected!("f16c"),
+        "bmi2" => is_x86_feature_detected!("bmi2"),
+        "avx" => is_x86_feature_detected!("avx"),
+        "sse4.2" => is_x86_feature_detected!("sse4.2"),
+        _ => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has(_feature: &str) -> bool {
+    false
+}
+
+/// The CPU variants this CPU can run, best first.
+pub fn usable_cpu_variants() -> Vec<&'static str> {
+    CPU_VARIANTS
+        .iter()
+        .filter(|(_, needs)| needs.iter().all(|f| cpu_has(f)))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+fn load_one(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.to_string_lossy().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; ggml registers the backend it finds there.
+    !unsafe { llama_cpp_sys_2::ggml_backend_load(c_path.as_ptr()) }.is_null()
+}
+
+/// Loads the best usable CPU variant and every other backend module (CUDA, …) in `dir`.
+fn load_backends(dir: &Path) -> Result<(), String> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let variant_file = |v: &str| {
+        files
+            .iter()
+            .find(|p| name_of(p) == format!("libggml-cpu-{v}.so"))
+    };
+    let cpu = if cfg!(target_arch = "x86_64") {
+        usable_cpu_variants()
+            .into_iter()
+            .filter_map(variant_file)
+            .find(|p| load_one(p))
+    } else {
+        // Elsewhere (ARM), ggml's own scoring has no AMX to trip over.
+        files
+            .iter()
+            .filter(|p| name_of(p).starts_with("libggml-cpu"))
+            .find(|p| load_one(p))
+    };
+    if cpu.is_none() {
+        return Err(format!(
+            "no CPU backend in {} could be loaded",
+            dir.display()
+        ));
+    }
+    for other in files.iter().filter(|p| {
+        let n = name_of(p);
+        n.starts_with("libggml-")
+            && n.ends_with(".so")
+            && !n.starts_with("libggml-cpu")
+            && !n.starts_with("libggml-base")
+    }) {
+        if !load_one(other) {
+            tracing::warn!(path = %other.display(), "cannot load ggml backend module");
+        }
+    }
+    Ok(())
 }
 
 fn c_str(p: *const std::os::raw::c_char) -> String {
@@ -152,28 +276,10 @@ fn cpu_variant(dir: &Path) -> Option<String> {
         })
 }
 
-/// Whether llama.cpp's extra (repacking, AMX) buffer types may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AmxPolicy {
-    /// Use them.
-    Allow,
-    /// Turn them off: the AMX variant is loaded and AMX was not explicitly allowed.
-    Avoid,
-}
-
 impl Runtime {
     /// The llama.cpp backend token, for code that drives `llama-cpp-2` directly (benches).
     pub fn backend(&self) -> &LlamaBackend {
         &self.backend
-    }
-
-    /// The policy for this process (see the module docs).
-    pub fn amx_policy(&self) -> AmxPolicy {
-        let allowed = std::env::var("LLM_PIPELINE_ALLOW_AMX").is_ok_and(|v| v == "1");
-        match self.cpu_variant.as_deref() {
-            Some("sapphirerapids") if !allowed => AmxPolicy::Avoid,
-            _ => AmxPolicy::Allow,
-        }
     }
 
     /// The GPUs ggml found.
@@ -185,5 +291,40 @@ impl Runtime {
     pub fn system_info(&self) -> String {
         // SAFETY: returns a static NUL-terminated string.
         c_str(unsafe { llama_cpp_sys_2::llama_print_system_info() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_are_ordered_and_amx_is_opt_in() {
+        let usable = usable_cpu_variants();
+        assert_eq!(usable.last(), Some(&"x64"), "the baseline always runs");
+        if std::env::var("LLM_PIPELINE_ALLOW_AMX").is_err() {
+            assert!(!usable.contains(&"sapphirerapids"));
+        }
+        // Best first: the order of the table is kept.
+        let order: Vec<&str> = CPU_VARIANTS.iter().map(|(n, _)| *n).collect();
+        let positions: Vec<usize> = usable
+            .iter()
+            .map(|v| order.iter().position(|o| o == v).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn the_loaded_variant_is_the_best_usable_one() {
+        let rt = runtime().expect("runtime");
+        assert_eq!(
+            rt.cpu_variant.as_deref(),
+            usable_cpu_variants().first().copied()
+        );
+        assert!(
+            rt.devices.iter().any(|d| d.name == "CPU"),
+            "{:?}",
+            rt.devices
+        );
     }
 }
