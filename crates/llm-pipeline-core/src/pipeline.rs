@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::{self, Stream, StreamExt};
 
-use crate::engine::{Engine, Event, EventReceiver, SeqRequest, TokenEvent};
+use crate::engine::{Engine, EngineStats, Event, EventReceiver, SeqRequest, TokenEvent};
 use crate::openai::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
     ChoiceLogprobs, ChunkChoice, Delta, FinishReason, ResponseMetadata, TokenLogprob, TopLogprob,
@@ -51,6 +51,12 @@ pub trait Pipeline: Send + Sync {
         &self,
         request: ChatCompletionRequest,
     ) -> impl Future<Output = Result<ChatStream>> + Send;
+
+    /// The engine's counters now, for health checks and metrics; `None` when the pipeline has
+    /// no engine to report on.
+    fn stats(&self) -> Option<EngineStats> {
+        None
+    }
 }
 
 /// What a backend crate loads besides the backend itself.
@@ -308,6 +314,10 @@ impl Pipeline for EnginePipeline {
         })
         .flatten();
         Ok(Box::pin(stream::iter(head).chain(body)))
+    }
+
+    fn stats(&self) -> Option<EngineStats> {
+        Some(self.engine.stats())
     }
 }
 

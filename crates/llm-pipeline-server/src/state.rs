@@ -1,0 +1,222 @@
+//! The router's shared state: the pipeline (once loaded), the config and the metrics.
+//!
+//! The server should answer `/health` with `LOADING` while a large model loads, so the pipeline
+//! sits in a write-once slot: [`ServerState::loading`] starts empty, and the loader fills it
+//! with [`ServerState::set_ready`] or [`ServerState::set_failed`]. Handlers that need the model
+//! answer 503 until then. A [`RequestTracker`] follows one generation request to log one line
+//! and record its metrics at the end, or to count it as abandoned when it is dropped first
+//! (the client went away and axum dropped the handler or the response stream).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use llm_pipeline_core::openai::{ResponseMetadata, Usage};
+use llm_pipeline_core::pipeline::Pipeline;
+use serde::Serialize;
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Outcome, parse_price};
+
+/// What `/health` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Health {
+    /// Serving.
+    Ok,
+    /// The model is still loading.
+    Loading,
+    /// The model failed to load, or the engine has failed.
+    Error,
+}
+
+/// The state every handler shares; cheap to clone.
+pub struct ServerState<P> {
+    inner: Arc<Inner<P>>,
+}
+
+struct Inner<P> {
+    config: ServerConfig,
+    model: OnceLock<Result<P, String>>,
+    metrics: Arc<Metrics>,
+    created: u64,
+}
+
+impl<P> Clone for ServerState<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for ServerState<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("config", &self.inner.config)
+            .field("health", &self.inner.model.get().map(Result::is_ok))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Pipeline> ServerState<P> {
+    /// A state serving `pipeline` now.
+    pub fn new(pipeline: P, config: ServerConfig) -> Self {
+        let state = Self::loading(config);
+        state.set_ready(pipeline);
+        state
+    }
+
+    /// A state whose model is still loading: `/health` says `LOADING`, model endpoints 503.
+    pub fn loading(config: ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                model: OnceLock::new(),
+                metrics: Arc::default(),
+                created: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            }),
+        }
+    }
+
+    /// Starts serving `pipeline`. Returns `false` (and drops it) if the slot was already
+    /// filled.
+    pub fn set_ready(&self, pipeline: P) -> bool {
+        self.inner.model.set(Ok(pipeline)).is_ok()
+    }
+
+    /// Marks the model as failed to load: `/health` says `ERROR`, model endpoints 503.
+    /// Returns `false` if the slot was already filled.
+    pub fn set_failed(&self, reason: impl std::fmt::Display) -> bool {
+        let reason = reason.to_string();
+        tracing::error!(%reason, "the model failed to load");
+        self.inner.model.set(Err(reason)).is_ok()
+    }
+
+    /// The pipeline, once it is loaded.
+    ///
+    /// # Errors
+    /// [`ApiError::Loading`] while loading, [`ApiError::LoadFailed`] after a failed load.
+    pub fn pipeline(&self) -> Result<&P, ApiError> {
+        match self.inner.model.get() {
+            None => Err(ApiError::Loading),
+            Some(Err(_)) => Err(ApiError::LoadFailed),
+            Some(Ok(p)) => Ok(p),
+        }
+    }
+
+    /// What `/health` reports now.
+    pub fn health(&self) -> Health {
+        match self.inner.model.get() {
+            None => Health::Loading,
+            Some(Err(_)) => Health::Error,
+            Some(Ok(p)) if p.stats().is_some_and(|s| s.failed) => Health::Error,
+            Some(Ok(_)) => Health::Ok,
+        }
+    }
+
+    /// The served model's id: the pipeline's, or the configured one while loading.
+    pub fn model_id(&self) -> &str {
+        match self.inner.model.get() {
+            Some(Ok(p)) => p.model_id(),
+            _ => &self.inner.config.model_id,
+        }
+    }
+}
+
+impl<P> ServerState<P> {
+    /// The server's settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// When the server started, in Unix seconds (the model card's `created`).
+    pub fn created(&self) -> u64 {
+        self.inner.created
+    }
+
+    pub(crate) fn track(&self, endpoint: &'static str) -> RequestTracker {
+        RequestTracker {
+            metrics: Arc::clone(&self.inner.metrics),
+            endpoint,
+            start: Instant::now(),
+            first_token: None,
+            last_token: None,
+            done: false,
+        }
+    }
+}
+
+/// Follows one generation request from arrival to its end.
+pub(crate) struct RequestTracker {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    start: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    done: bool,
+}
+
+impl RequestTracker {
+    /// Notes that generated text went out now (the first call sets the time to first token).
+    pub(crate) fn token(&mut self) {
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
+    }
+
+    /// The request ended normally: record it and log its line.
+    pub(crate) fn finish(&mut self, usage: Usage, metadata: Option<&ResponseMetadata>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let price = |f: fn(&ResponseMetadata) -> Option<&String>| {
+            metadata.and_then(f).and_then(|p| parse_price(p))
+        };
+        let outcome = Outcome {
+            usage,
+            time_to_first_token: self.first_token.map(|t| t - self.start),
+            decode_time: self.first_token.zip(self.last_token).map(|(a, b)| b - a),
+            duration: self.start.elapsed(),
+            quote: price(|m| m.price_quote.as_ref()),
+            charge: price(|m| m.price_charged.as_ref()),
+        };
+        self.metrics.record_outcome(&outcome);
+        tracing::info!(
+            endpoint = self.endpoint,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            latency_ms = outcome.duration.as_millis() as u64,
+            ttft_ms = outcome.time_to_first_token.map(|t| t.as_millis() as u64),
+            price_quote = metadata.and_then(|m| m.price_quote.as_deref()),
+            price_charged = metadata.and_then(|m| m.price_charged.as_deref()),
+            "request finished"
+        );
+    }
+
+    /// The request failed before generating (the error response says why): not abandoned.
+    pub(crate) fn refused(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for RequestTracker {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.record_abandoned();
+            tracing::info!(
+                endpoint = self.endpoint,
+                latency_ms = self.start.elapsed().as_millis() as u64,
+                "request ended early (client gone or generation failed)"
+            );
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! A real `EnginePipeline` over a tiny deterministic model, and helpers to call the router.
+//!
+//! The model is a backend whose next token is a hash of the sequence's whole history (after
+//! `t7` it always says EOS), with a word-level tokenizer over `t0 … t63` plus the ChatML tokens,
+//! and a real ChatML Jinja template. It checks that every batch entry continues its sequence's
+//! cache, so the server runs on the same engine, templates, tokenizer and sampler as with a real
+//! model; only the arithmetic of the network is replaced. Expected answers are computed from the
+//! same function, token by token.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use llm_pipeline_core::engine::{Engine, EngineLimits, EngineStats};
+use llm_pipeline_core::openai::{ChatCompletionRequest, ChatMessage, FinishReason};
+use llm_pipeline_core::pipeline::{EnginePipeline, ModelAssets};
+use llm_pipeline_core::pricing::PriceTable;
+use llm_pipeline_core::template::{ChatTemplate, SpecialTokenText};
+use llm_pipeline_core::tokenizer::{SkipSpecial, Tokenizer};
+use llm_pipeline_server::{ServerConfig, ServerState, router};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub const MODEL_ID: &str = "tiny-chatml";
+pub const VOCAB: u32 = 64;
+pub const EOS: u32 = 0;
+/// After this token the model always says EOS.
+pub const STOPPER: u32 = 7;
+/// Ids of the ChatML words in the vocabulary.
+const CHATML: [(&str, u32); 5] = [
+    ("<|im_start|>", 2),
+    ("<|im_end|>", 3),
+    ("system", 4),
+    ("user", 5),
+    ("assistant", 6),
+];
+const TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' \
+    + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}\
+    {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// The model: the next token after `history`.
+pub fn next_token(history: &[u32]) -> u32 {
+    if history.last() == Some(&STOPPER) {
+        return EOS;
+    }
+    let h = history
+        .iter()
+        .fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(u64::from(t)));
+    (h % u64::from(VOCAB - STOPPER)) as u32 + STOPPER
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TestError(String);
+
+#[derive(Debug)]
+struct TestBackend {
+    info: BackendInfo,
+    kv: HashMap<SeqId, Vec<u32>>,
+    step_delay: Duration,
+    steps: usize,
+    fail_at_step: Option<usize>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Backend for TestBackend {
+    type Error = TestError;
+
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits) -> Result<(), TestError> {
+        std::thread::sleep(self.step_delay);
+        self.steps += 1;
+        if self.fail_at_step == Some(self.steps) {
+            return Err(TestError("simulated device fault at 0xdeadbeef".into()));
+        }
+        for e in batch {
+            let cache = self.kv.entry(e.seq).or_default();
+            if cache.len() != e.start as usize {
+                return Err(TestError(format!("seq {} starts at {}", e.seq, e.start)));
+            }
+            cache.extend_from_slice(e.tokens);
+            if e.wants_logits {
+                let mut row = vec![0.0; VOCAB as usize];
+                row[next_token(cache) as usize] = 30.0;
+                logits.push_row(&row);
+            }
+        }
+        self.live.store(self.kv.len(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn release(&mut self, seq: SeqId) {
+        self.kv.remove(&seq);
+        self.live.store(self.kv.len(), Ordering::SeqCst);
+    }
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    static TOKENIZER: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    Arc::clone(TOKENIZER.get_or_init(write_tokenizer))
+}
+
+fn write_tokenizer() -> Arc<Tokenizer> {
+    let dir = std::env::temp_dir().join(format!("llmp-server-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vocab: serde_json::Map<String, Value> =
+        (0..VOCAB).map(|i| (format!("t{i}"), i.into())).collect();
+    for (word, id) in CHATML {
+        vocab.remove(&format!("t{id}"));
+        vocab.insert(word.to_owned(), id.into());
+    }
+    let added = |id: u32, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true})
+    };
+    let json = json!({
+        "version": "1.0",
+        "added_tokens": [added(0, "t0"), added(2, "<|im_start|>"), added(3, "<|im_end|>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t1"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t0"}"#).unwrap();
+    Arc::new(Tokenizer::from_dir(&dir).unwrap())
+}
+
+/// How to build the server under test.
+pub struct Setup {
+    pub max_seqs: u32,
+    pub max_queue: u32,
+    pub max_model_len: u32,
+    pub step_delay: Duration,
+    pub fail_at_step: Option<usize>,
+    pub config: ServerConfig,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            max_seqs: 8,
+            max_queue: 64,
+            max_model_len: 1024,
+            step_delay: Duration::ZERO,
+            fail_at_step: None,
+            config: ServerConfig::default(),
+        }
+    }
+}
+
+/// A pipeline over the test model.
+pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<AtomicUsize>) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let backend_live = Arc::clone(&live);
+    let info = BackendInfo {
+        vocab_size: VOCAB as usize,
+        trained_context: 4096,
+        kv_capacity: 16_384,
+        max_batch_tokens: 512,
+        max_seqs: setup.max_seqs,
+        description: "test backend".into(),
+    };
+    let (step_delay, fail_at_step) = (setup.step_delay, setup.fail_at_step);
+    let engine = Engine::start(
+        move || {
+            Ok(TestBackend {
+                info,
+                kv: HashMap::new(),
+                step_delay,
+                steps: 0,
+                fail_at_step,
+                live: backend_live,
+            })
+        },
+        tokenizer(),
+        EngineLimits {
+            max_model_len: setup.max_model_len,
+            max_num_seqs: setup.max_seqs,
+            max_num_batched_tokens: 512,
+            max_queue: setup.max_queue,
+        },
+    )
+    .unwrap();
+    let assets = ModelAssets {
+        model_id: MODEL_ID.to_owned(),
+        tokenizer: tokenizer(),
+        template: Arc::new(ChatTemplate::new(TEMPLATE, SpecialTokenText::default()).unwrap()),
+    };
+    let prices = PriceTable {
+        price_per_unit: 3,
+        pixels_per_unit: 2,
+    };
+    (EnginePipeline::new(engine, assets, prices), live)
+}
+
+/// The server under test.
+pub struct Server {
+    pub router: Router,
+    pub pipeline: EnginePipeline,
+    pub state: ServerState<EnginePipeline>,
+    /// Sequences holding KV cache in the backend.
+    pub live: Arc<AtomicUsize>,
+}
+
+pub fn server(setup: Setup) -> Server {
+    let (pipeline, live) = pipeline(&setup);
+    let state = ServerState::new(pipeline.clone(), setup.config);
+    Server {
+        router: router(state.clone()),
+        pipeline,
+        state,
+        live,
+    }
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+
+    /// The `data:` payloads of an SSE body, in order.
+    pub fn sse_data(&self) -> Vec<String> {
+        let text = self.text();
+        assert!(
+            text.ends_with("\n\n"),
+            "SSE ends with a blank line: {text:?}"
+        );
+        text.split("\n\n")
+            .filter(|event| !event.is_empty())
+            .filter_map(|event| event.strip_prefix("data: ").map(str::to_owned))
+            .collect()
+    }
+
+    /// The OpenAI error body, checked for shape.
+    pub fn error(&self) -> Value {
+        let body = self.json();
+        let error = &body["error"];
+        assert!(error["message"].is_string(), "{body}");
+        assert!(error["type"].is_string(), "{body}");
+        assert!(
+            error.get("param").is_some() && error.get("code").is_some(),
+            "{body}"
+        );
+        error.clone()
+    }
+}
+
+pub async fn call(router: &Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn post(path: &str, body: &Value) -> Request<Body> {
+    post_raw(path, body.to_string())
+}
+
+pub fn post_raw(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+pub fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+/// An OpenAI chat body with one user message, greedy.
+pub fn chat_body(content: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0
+    })
+}
+
+/// What the model answers: text, finish reason and completion tokens (EOS included).
+pub async fn expected(pipeline: &EnginePipeline, body: &Value) -> (String, FinishReason, u32) {
+    let request: ChatCompletionRequest = serde_json::from_value(body.clone()).unwrap();
+    let max_tokens = request.max_tokens.unwrap();
+    let mut history = pipeline.prompt_tokens(&request).await.unwrap();
+    let mut out = Vec::new();
+    let reason = loop {
+        let t = next_token(&history);
+        history.push(t);
+        out.push(t);
+        if t == EOS {
+            break FinishReason::Stop;
+        }
+        if out.len() as u32 >= max_tokens {
+            break FinishReason::Length;
+        }
+    };
+    let text = tokenizer().decode(&out, SkipSpecial::Yes).unwrap();
+    (text, reason, out.len() as u32)
+}
+
+/// A conversation whose answer ends with EOS (`stop`) within `max_tokens`.
+pub async fn stopping_prompt(pipeline: &EnginePipeline, max_tokens: u32) -> Value {
+    for i in 8..VOCAB {
+        let body = chat_body(&format!("t{i} t{}", (i * 7) % VOCAB), max_tokens);
+        if expected(pipeline, &body).await.1 == FinishReason::Stop {
+            return body;
+        }
+    }
+    panic!("no prompt stops within {max_tokens} tokens");
+}
+
+/// A user message in OpenAI's shape.
+pub fn user(content: &str) -> ChatMessage {
+    ChatMessage::user(content)
+}
+
+/// Waits until the engine has nothing in flight, and returns its counters.
+pub async fn settle(pipeline: &EnginePipeline) -> EngineStats {
+    let start = Instant::now();
+    loop {
+        let s = pipeline.engine().stats();
+        if s.running == 0 && s.waiting == 0 && s.in_flight == 0 {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "engine busy: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `cond` holds on the engine's counters.
+pub async fn wait_for(pipeline: &EnginePipeline, cond: impl Fn(&EngineStats) -> bool) {
+    let start = Instant::now();
+    loop {
+        let s = pipeline.engine().stats();
+        if cond(&s) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never reached: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

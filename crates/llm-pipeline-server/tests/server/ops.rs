@@ -1,0 +1,280 @@
+//! Authentication, the informational endpoints, metrics, cancellation and shutdown.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use futures::StreamExt;
+use llm_pipeline_server::{ServerConfig, serve};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    request
+}
+
+#[tokio::test]
+async fn the_token_is_required_everywhere_but_health() {
+    let s = server(Setup {
+        config: ServerConfig::default().with_auth_token("s3cret"),
+        ..Setup::default()
+    });
+    for request in [
+        post("/v1/chat/completions", &chat_body("t9", 2)),
+        post("/llm", &chat_body("t9", 2)),
+        get("/v1/models"),
+        get("/metrics"),
+        get("/nowhere"),
+        with_token(get("/v1/models"), "wrong"),
+        with_token(get("/v1/models"), "s3cre"),
+    ] {
+        let what = format!("{} {}", request.method(), request.uri());
+        let reply = call(&s.router, request).await;
+        assert_eq!(reply.status, 401, "{what}");
+        assert_eq!(reply.headers[header::WWW_AUTHENTICATE], "Bearer", "{what}");
+        assert_eq!(reply.error()["code"], "invalid_api_key", "{what}");
+    }
+    assert_eq!(call(&s.router, get("/health")).await.status, 200);
+    let ok = call(
+        &s.router,
+        with_token(post("/v1/chat/completions", &chat_body("t9", 2)), "s3cret"),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let mut lower = with_token(get("/v1/models"), "s3cret");
+    lower
+        .headers_mut()
+        .insert(header::AUTHORIZATION, "bearer s3cret".parse().unwrap());
+    assert_eq!(call(&s.router, lower).await.status, 200);
+}
+
+#[tokio::test]
+async fn informational_endpoints_have_their_shapes() {
+    let s = server(Setup::default());
+    assert_eq!(
+        call(&s.router, get("/health")).await.json(),
+        json!({"status": "OK"})
+    );
+    let models = call(&s.router, get("/v1/models")).await.json();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], MODEL_ID);
+    assert_eq!(models["data"][0]["object"], "model");
+    let version = call(&s.router, get("/version")).await.json();
+    assert_eq!(version["pipeline"], "llm");
+    assert_eq!(version["model_id"], MODEL_ID);
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    let info = call(&s.router, get("/hardware/info")).await.json();
+    assert_eq!(
+        info,
+        json!({"pipeline": "llm", "model_id": MODEL_ID, "gpu_info": {}})
+    );
+    let stats = call(&s.router, get("/hardware/stats")).await.json();
+    assert_eq!(
+        stats,
+        json!({"pipeline": "llm", "model_id": MODEL_ID, "gpu_stats": {}})
+    );
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{line_start}` in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_latency_and_money() {
+    let s = server(Setup::default());
+    let body = chat_body("t9", 4);
+    let whole = call(&s.router, post("/v1/chat/completions", &body))
+        .await
+        .json();
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    call(&s.router, post("/v1/chat/completions", &streamed)).await;
+    call(
+        &s.router,
+        post("/v1/chat/completions", &json!({"temperature": 9})),
+    )
+    .await;
+    call(&s.router, get("/nowhere")).await;
+
+    let reply = call(&s.router, get("/metrics")).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = reply.text();
+    assert_eq!(
+        metric(
+            &text,
+            "llm_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "llm_http_requests_total{route=\"/v1/chat/completions\",status=\"400\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "llm_http_requests_total{route=\"unmatched\",status=\"404\"}"
+        ),
+        1.0
+    );
+    let prompt = whole["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert_eq!(metric(&text, "llm_prompt_tokens_total"), 2.0 * prompt);
+    assert_eq!(metric(&text, "llm_generation_tokens_total"), 8.0);
+    assert_eq!(metric(&text, "llm_requests_finished_total"), 2.0);
+    assert_eq!(
+        metric(&text, "llm_time_to_first_token_seconds_count"),
+        1.0,
+        "streams only"
+    );
+    assert_eq!(
+        metric(&text, "llm_time_per_output_token_seconds_count"),
+        1.0
+    );
+    assert_eq!(metric(&text, "llm_request_duration_seconds_count"), 2.0);
+    // Quotes: 2 × 4 tokens at 3/2; charges: 2 × 4 tokens.
+    assert_eq!(metric(&text, "llm_price_quoted_total"), 12.0);
+    assert_eq!(metric(&text, "llm_price_charged_total"), 12.0);
+    assert_eq!(metric(&text, "llm_queue_waiting"), 0.0);
+    assert_eq!(metric(&text, "llm_sequences_running"), 0.0);
+}
+
+#[tokio::test]
+async fn dropping_a_stream_cancels_its_sequence_and_frees_its_cache() {
+    let s = server(Setup {
+        step_delay: Duration::from_millis(1),
+        ..Setup::default()
+    });
+    let mut body = chat_body("t9", 100_000);
+    body["stream"] = json!(true);
+    let response =
+        tower::ServiceExt::oneshot(s.router.clone(), post("/v1/chat/completions", &body))
+            .await
+            .unwrap();
+    let mut data = response.into_body().into_data_stream();
+    data.next().await.unwrap().unwrap();
+    data.next().await.unwrap().unwrap();
+    drop(data);
+    let stats = settle(&s.pipeline).await;
+    assert_eq!(stats.cancelled, 1);
+    assert_eq!(s.live.load(Ordering::SeqCst), 0);
+    let text = call(&s.router, get("/metrics")).await.text();
+    assert_eq!(metric(&text, "llm_requests_abandoned_total"), 1.0);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_on_a_whole_answer_cancels_it() {
+    let s = server(Setup {
+        step_delay: Duration::from_millis(1),
+        ..Setup::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        s.router.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(5),
+    ));
+
+    let body = chat_body("t9", 100_000).to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    wait_for(&s.pipeline, |st| st.running == 1 && st.steps > 5).await;
+    drop(socket);
+    let stats = settle(&s.pipeline).await;
+    assert_eq!(stats.cancelled, 1, "the handler's future was dropped");
+    assert_eq!(s.live.load(Ordering::SeqCst), 0);
+
+    // A normal request over the socket still works; then shutdown lets the server return.
+    let body = chat_body("t9", 3).to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /llm HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"finish_reason\":\"length\""), "{answer}");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns after the shutdown signal")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_within_the_grace_period() {
+    let s = server(Setup {
+        step_delay: Duration::from_millis(1),
+        ..Setup::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        s.router.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+        Duration::from_millis(300),
+    ));
+    // One request that ends soon, one that would never end.
+    let short = chat_body("t9", 40).to_string();
+    let long = chat_body("t10", 100_000).to_string();
+    let mut sockets = Vec::new();
+    for body in [short, long] {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        sockets.push(socket);
+    }
+    wait_for(&s.pipeline, |st| st.running == 2).await;
+    stop_tx.send(()).unwrap();
+    let mut short_answer = String::new();
+    sockets[0].read_to_string(&mut short_answer).await.unwrap();
+    assert!(short_answer.starts_with("HTTP/1.1 200"), "{short_answer}");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns after the grace period")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
