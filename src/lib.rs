@@ -4,7 +4,9 @@
 //! This facade re-exports the crates of the workspace:
 //! - [`core`]: the OpenAI types, validation, chat templates, tokenization, sampling, the
 //!   batching engine, pricing and the [`Pipeline`](core::pipeline::Pipeline) trait;
-//! - [`llama_cpp`] (feature `llama-cpp`, on by default): the llama.cpp backend for GGUF models.
+//! - [`llama_cpp`] (feature `llama-cpp`, on by default): the llama.cpp backend for GGUF models;
+//! - `server` (feature `server`): the axum router serving the OpenAI API and the Livepeer runner
+//!   protocol over any pipeline.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,3 +26,5 @@
 pub use llm_pipeline_core as core;
 #[cfg(feature = "llama-cpp")]
 pub use llm_pipeline_llama_cpp as llama_cpp;
+#[cfg(feature = "server")]
+pub use llm_pipeline_server as server;
