@@ -151,18 +151,8 @@ async fn a_queued_stream_sends_keep_alive_comments() {
             .with_keep_alive(std::time::Duration::from_millis(20)),
         ..Setup::default()
     });
-    let open = |content: &str| {
-        let mut body = chat_body(content, 100_000);
-        body["stream"] = json!(true);
-        let router = s.router.clone();
-        async move {
-            let request = post("/v1/chat/completions", &body);
-            let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
-            response.into_body().into_data_stream()
-        }
-    };
-    let _running = open("t9").await;
-    let mut queued = open("t10").await;
+    let _running = open_stream(&s.router, "t9").await;
+    let mut queued = open_stream(&s.router, "t10").await;
     let mut saw_comment = false;
     for _ in 0..20 {
         let frame = tokio::time::timeout(

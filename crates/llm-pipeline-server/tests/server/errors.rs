@@ -120,14 +120,7 @@ async fn a_full_queue_is_refused_at_once_with_429_and_retry_after() {
     // Two long streams take the one running slot and the one queue slot.
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut body = chat_body("t9", 100_000);
-        body["stream"] = json!(true);
-        let response =
-            tower::ServiceExt::oneshot(s.router.clone(), post("/v1/chat/completions", &body))
-                .await
-                .unwrap();
-        assert_eq!(response.status(), 200);
-        open.push(response.into_body().into_data_stream());
+        open.push(open_stream(&s.router, "t9").await);
     }
     let started = std::time::Instant::now();
     for path in ["/v1/chat/completions", "/llm"] {

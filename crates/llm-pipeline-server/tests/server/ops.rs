@@ -6,9 +6,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, header};
 use futures::StreamExt;
-use llm_pipeline_server::{ServerConfig, serve};
+use llm_pipeline_server::ServerConfig;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::common::*;
 
@@ -164,13 +164,7 @@ async fn dropping_a_stream_cancels_its_sequence_and_frees_its_cache() {
         step_delay: Duration::from_millis(1),
         ..Setup::default()
     });
-    let mut body = chat_body("t9", 100_000);
-    body["stream"] = json!(true);
-    let response =
-        tower::ServiceExt::oneshot(s.router.clone(), post("/v1/chat/completions", &body))
-            .await
-            .unwrap();
-    let mut data = response.into_body().into_data_stream();
+    let mut data = open_stream(&s.router, "t9").await;
     data.next().await.unwrap().unwrap();
     data.next().await.unwrap().unwrap();
     drop(data);
@@ -187,26 +181,14 @@ async fn a_client_that_hangs_up_on_a_whole_answer_cancels_it() {
         step_delay: Duration::from_millis(1),
         ..Setup::default()
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        s.router.clone(),
-        async move {
-            let _ = stop_rx.await;
-        },
-        Duration::from_secs(5),
-    ));
-
-    let body = chat_body("t9", 100_000).to_string();
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
+    let net = listen(&s.router, Duration::from_secs(5)).await;
+    let socket = raw_post(
+        net.addr,
+        "/v1/chat/completions",
+        "content-type: application/json\r\n",
+        &chat_body("t9", 100_000),
+    )
+    .await;
     wait_for(&s.pipeline, |st| st.running == 1 && st.steps > 5).await;
     drop(socket);
     let stats = settle(&s.pipeline).await;
@@ -214,20 +196,19 @@ async fn a_client_that_hangs_up_on_a_whole_answer_cancels_it() {
     assert_eq!(s.live.load(Ordering::SeqCst), 0);
 
     // A normal request over the socket still works; then shutdown lets the server return.
-    let body = chat_body("t9", 3).to_string();
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /llm HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut socket = raw_post(
+        net.addr,
+        "/llm",
+        "connection: close\r\n",
+        &chat_body("t9", 3),
+    )
+    .await;
     let mut answer = String::new();
     socket.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"finish_reason\":\"length\""), "{answer}");
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
+    net.stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), net.server)
         .await
         .expect("serve returns after the shutdown signal")
         .unwrap()
@@ -240,38 +221,20 @@ async fn shutdown_finishes_in_flight_requests_within_the_grace_period() {
         step_delay: Duration::from_millis(1),
         ..Setup::default()
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        s.router.clone(),
-        async move {
-            let _ = stop_rx.await;
-        },
-        Duration::from_millis(300),
-    ));
+    let net = listen(&s.router, Duration::from_millis(300)).await;
     // One request that ends soon, one that would never end.
-    let short = chat_body("t9", 40).to_string();
-    let long = chat_body("t10", 100_000).to_string();
     let mut sockets = Vec::new();
-    for body in [short, long] {
-        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        socket.write_all(head.as_bytes()).await.unwrap();
-        sockets.push(socket);
+    for body in [chat_body("t9", 40), chat_body("t10", 100_000)] {
+        let close = "connection: close\r\n";
+        sockets.push(raw_post(net.addr, "/v1/chat/completions", close, &body).await);
     }
     wait_for(&s.pipeline, |st| st.running == 2).await;
-    stop_tx.send(()).unwrap();
+    net.stop.send(()).unwrap();
     let mut short_answer = String::new();
     sockets[0].read_to_string(&mut short_answer).await.unwrap();
     assert!(short_answer.starts_with("HTTP/1.1 200"), "{short_answer}");
     let started = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(Duration::from_secs(5), net.server)
         .await
         .expect("serve returns after the grace period")
         .unwrap()

@@ -376,3 +376,59 @@ pub async fn wait_for(pipeline: &EnginePipeline, cond: impl Fn(&EngineStats) -> 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Opens a streamed chat completion of `content` on the router and returns its body frames,
+/// unread: the sequence runs until the stream is read to the end or dropped.
+pub async fn open_stream(router: &Router, content: &str) -> axum::body::BodyDataStream {
+    let mut body = chat_body(content, 100_000);
+    body["stream"] = json!(true);
+    let response = router
+        .clone()
+        .oneshot(post("/v1/chat/completions", &body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().into_data_stream()
+}
+
+/// A router served on a real socket on 127.0.0.1 until `stop` is sent.
+pub struct Socket {
+    pub addr: std::net::SocketAddr,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `router` on a free port of 127.0.0.1 with a shutdown grace of `grace`.
+pub async fn listen(router: &Router, grace: Duration) -> Socket {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(llm_pipeline_server::serve(
+        listener,
+        router.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+        grace,
+    ));
+    Socket { addr, stop, server }
+}
+
+/// Connects to `addr` and writes a raw HTTP/1.1 POST of `body` to `path`, with `headers`
+/// (each ending in `\r\n`); returns the open connection for reading the answer.
+pub async fn raw_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+    body: &Value,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let body = body.to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket
+}
