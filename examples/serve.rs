@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --features server --example serve -- [--model PATH_OR_HF_ID]
-//!     [--backend llama-cpp] [--host 0.0.0.0] [--port 8000] [--api-key TOKEN] [--max-queue N]
+//!     [--backend llama-cpp|candle|ort] [--host 0.0.0.0] [--port 8000] [--api-key TOKEN] [--max-queue N]
 //!     [--max-request-bytes N]
 //! ```
 //! Flags override the environment: `HOST`, `PORT`, `AUTH_TOKEN`, `MAX_REQUEST_BYTES`, and all of
@@ -17,9 +17,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use llm_pipeline::core::config::PipelineConfig;
+use llm_pipeline::core::pipeline::EnginePipeline;
 use llm_pipeline::server::{ServerConfig, ServerState, router, serve, shutdown_signal};
 
-const USAGE: &str = "usage: serve [--model PATH_OR_HF_ID] [--backend llama-cpp] [--host ADDR] \
+const USAGE: &str = "usage: serve [--model PATH_OR_HF_ID] [--backend llama-cpp|candle|ort] [--host ADDR] \
                      [--port N] [--api-key TOKEN] [--max-queue N] [--max-request-bytes N]";
 
 #[derive(Debug)]
@@ -69,6 +70,34 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+/// A backend's loader: every backend builds the same `EnginePipeline`.
+type Loader = fn(&PipelineConfig) -> llm_pipeline::core::Result<EnginePipeline>;
+
+/// The backends this binary was built with, by `--backend` name.
+const BACKENDS: &[(&str, Loader)] = &[
+    #[cfg(feature = "llama-cpp")]
+    ("llama-cpp", llm_pipeline::llama_cpp::load),
+    #[cfg(feature = "candle")]
+    ("candle", llm_pipeline::candle::load),
+    #[cfg(feature = "ort")]
+    ("ort", llm_pipeline::ort::load),
+];
+
+fn backend_loader(name: &str) -> Result<Loader> {
+    BACKENDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, load)| *load)
+        .with_context(|| {
+            let built: Vec<&str> = BACKENDS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unknown backend `{name}`; this build has: {} (features `candle` and `ort` add \
+                 the others)",
+                built.join(", ")
+            )
+        })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -89,12 +118,7 @@ async fn main() -> Result<()> {
     if pipeline_config.model_id.is_empty() {
         bail!("no model: pass --model PATH_OR_HF_ID or set MODEL_ID\n{USAGE}");
     }
-    if args.backend != "llama-cpp" {
-        bail!(
-            "unknown backend `{}`; this build has: llama-cpp",
-            args.backend
-        );
-    }
+    let load = backend_loader(&args.backend)?;
 
     let mut server_config =
         ServerConfig::from_env()?.with_model_id(pipeline_config.model_id.clone());
@@ -130,7 +154,7 @@ async fn main() -> Result<()> {
     let loader = state.clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        match llm_pipeline::llama_cpp::load(&pipeline_config) {
+        match load(&pipeline_config) {
             Ok(pipeline) => {
                 tracing::info!(
                     model = %pipeline_config.model_id,

