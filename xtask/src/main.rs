@@ -180,17 +180,21 @@ fn demo(args: &[String]) -> Result<()> {
         .args(args.iter().skip(1)))
 }
 
+/// The facade features every test and lint run builds: all backends that build without a GPU,
+/// and the server. `.ci/run` lints with the same list.
+const ALL_FEATURES: &str = "llm-pipeline/server,llm-pipeline/ort";
+
 fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
     let onnx = onnx::fixtures(&model)?;
     run(cargo()
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--all-targets", "--features", ALL_FEATURES])
         .args(args)
         .env("LLM_PIPELINE_SMOLLM2", &model)
         .envs(onnx.env()))?;
     // Doctests are not part of --all-targets.
     run(cargo()
-        .args(["test", "--workspace", "--doc"])
+        .args(["test", "--workspace", "--doc", "--features", ALL_FEATURES])
         .env("LLM_PIPELINE_SMOLLM2", &model)
         .envs(onnx.env()))
 }
