@@ -162,7 +162,9 @@ fn bare(a: &Args, batch: u32, prompt: &[u32], eog: &[u32]) -> f64 {
 }
 
 /// Decode tokens/s through the engine: `batch` requests at once, greedy, EOS suppressed.
-fn engine(a: &Args, batch: u32, prompt: &[u32], tokenizer: &Arc<Tokenizer>) -> (f64, f64) {
+/// Returns tokens/s, TTFT in ms, and the engine's own share of its loop time (everything but
+/// the backend's forward step: scheduling, sampling, detokenizing, sending events).
+fn engine(a: &Args, batch: u32, prompt: &[u32], tokenizer: &Arc<Tokenizer>) -> (f64, f64, f64) {
     let cfg = config(a, batch);
     let path = model_path();
     let backend_cfg = cfg.clone();
@@ -187,6 +189,7 @@ fn engine(a: &Args, batch: u32, prompt: &[u32], tokenizer: &Arc<Tokenizer>) -> (
             .collect(),
         ..SamplingParams::default()
     };
+    let before = engine.stats();
     let start = Instant::now();
     let mut receivers: Vec<_> = (0..batch)
         .map(|_| {
@@ -220,9 +223,15 @@ fn engine(a: &Args, batch: u32, prompt: &[u32], tokenizer: &Arc<Tokenizer>) -> (
     }
     let decode = start.elapsed() - first;
     assert_eq!(generated, batch * (a.tokens - 1));
+    // The counters are published after each loop iteration, after the last events are sent.
+    std::thread::sleep(Duration::from_millis(50));
+    let after = engine.stats();
+    let step = after.step_nanos - before.step_nanos;
+    let own = step.saturating_sub(after.backend_nanos - before.backend_nanos);
     (
         f64::from(generated) / decode.as_secs_f64(),
         first.as_secs_f64() * 1e3,
+        own as f64 / step.max(1) as f64,
     )
 }
 
@@ -242,8 +251,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs one side in a child process; returns its tokens/s, TTFT in ms and peak RSS in MiB.
-fn child(a: &Args, side: &str, batch: u32) -> (f64, f64, f64) {
+/// Runs one side in a child process; returns its tokens/s, TTFT in ms, peak RSS in MiB and
+/// (engine only) the engine's own share of its loop time.
+fn child(a: &Args, side: &str, batch: u32) -> (f64, f64, f64, f64) {
     let out = std::process::Command::new(std::env::current_exe().expect("own path"))
         .args(&a.argv[1..])
         .args(["--only", side, &batch.to_string()])
@@ -263,7 +273,7 @@ fn child(a: &Args, side: &str, batch: u32) -> (f64, f64, f64) {
         .split_whitespace()
         .map(|v| v.parse::<f64>().expect("number"));
     let mut next = || parts.next().unwrap_or(0.0);
-    (next(), next(), next())
+    (next(), next(), next(), next())
 }
 
 fn main() {
@@ -275,11 +285,11 @@ fn main() {
     let eog = tokenizer.special().end_of_generation.clone();
     let rt = runtime::runtime().expect("runtime");
     if let Some((side, batch)) = &a.only {
-        let (tps, ttft) = match side.as_str() {
-            "bare" => (bare(&a, *batch, &prompt, &eog), 0.0),
+        let (tps, ttft, share) = match side.as_str() {
+            "bare" => (bare(&a, *batch, &prompt, &eog), 0.0, 0.0),
             _ => engine(&a, *batch, &prompt, &tokenizer),
         };
-        println!("RESULT {tps} {ttft} {}", peak_rss_mib());
+        println!("RESULT {tps} {ttft} {} {share}", peak_rss_mib());
         return;
     }
     println!(
@@ -292,29 +302,32 @@ fn main() {
         a.rounds
     );
     println!(
-        "| sequences | bare llama-cpp-2 tok/s | engine tok/s | engine / bare | engine TTFT ms | peak RSS bare / engine MiB |"
+        "| sequences | bare llama-cpp-2 tok/s | engine tok/s | engine / bare | engine TTFT ms | peak RSS bare / engine MiB | engine's own time per step |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &batch in &a.batches {
         let mut bares = Vec::new();
         let mut engines = Vec::new();
         let mut ttfts = Vec::new();
+        let mut shares = Vec::new();
         let (mut rss_bare, mut rss_engine) = (0.0f64, 0.0f64);
         // Alternate the two so that drift in machine speed hits both alike.
         for _ in 0..a.rounds {
-            let (tps, _, rss) = child(&a, "bare", batch);
+            let (tps, _, rss, _) = child(&a, "bare", batch);
             bares.push(tps);
             rss_bare = rss_bare.max(rss);
-            let (tps, ttft, rss) = child(&a, "engine", batch);
+            let (tps, ttft, rss, share) = child(&a, "engine", batch);
             engines.push(tps);
             ttfts.push(ttft);
+            shares.push(share);
             rss_engine = rss_engine.max(rss);
         }
         let (b, e) = (median(bares), median(engines));
         println!(
-            "| {batch} | {b:.1} | {e:.1} | {:.3} | {:.0} | {rss_bare:.0} / {rss_engine:.0} |",
+            "| {batch} | {b:.1} | {e:.1} | {:.3} | {:.0} | {rss_bare:.0} / {rss_engine:.0} | {:.2}% |",
             e / b,
-            median(ttfts)
+            median(ttfts),
+            median(shares) * 100.0
         );
     }
 }

@@ -5,6 +5,8 @@
 //! - [`core`]: the OpenAI types, validation, chat templates, tokenization, sampling, the
 //!   batching engine, pricing and the [`Pipeline`](core::pipeline::Pipeline) trait;
 //! - [`llama_cpp`] (feature `llama-cpp`, on by default): the llama.cpp backend for GGUF models;
+//! - `candle` (feature `candle`): the candle backend for Llama-family models from safetensors
+//!   or GGUF, on pure-Rust kernels;
 //! - `ort` (feature `ort`): the ONNX Runtime backend for decoder-with-past ONNX exports;
 //! - `server` (feature `server`): the axum router serving the OpenAI API and the Livepeer runner
 //!   protocol over any pipeline.
@@ -24,6 +26,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "candle")]
+pub use llm_pipeline_candle as candle;
 pub use llm_pipeline_core as core;
 #[cfg(feature = "llama-cpp")]
 pub use llm_pipeline_llama_cpp as llama_cpp;

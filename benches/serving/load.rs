@@ -20,13 +20,60 @@ pub(crate) const PROMPTS: [&str; 8] = [
     "Write a poem about the sea.",
 ];
 
+/// The shared body of the prefill-heavy prompts: about 300 tokens of SmolLM2's vocabulary.
+const DOCUMENT: &str = "The harbour town of Wrenmouth grew up around a narrow inlet on a rocky coast. \
+    For three centuries its people fished for cod and herring, built small wooden boats in yards \
+    along the shore, and traded salt, rope and dried fish with the inland markets. In the \
+    eighteenth century a stone breakwater was built to shelter the fleet from winter storms, and a \
+    lighthouse followed fifty years later on the headland to the north. The railway arrived in \
+    1868 and brought visitors from the cities, who came for the sea air and the long sandy beach \
+    to the south of the harbour. Hotels, a pier and a promenade were built within twenty years. \
+    The fishing fleet declined after the Second World War as stocks fell and larger ports took \
+    the trade, but tourism kept the town alive. Today the old net lofts are galleries and cafes, \
+    the boatyards repair yachts, and a museum in the former customs house tells the story of the \
+    fishermen, the smugglers and the lifeboat crews who saved hundreds of sailors from wrecks on \
+    the reefs beyond the breakwater. Every August the town holds a regatta, and every December \
+    the boats in the harbour are decorated with lights.";
+
 /// SmolLM2's end-of-generation tokens (`<|endoftext|>`, `<|im_end|>`), banned so that every
 /// answer is `max_tokens` long on every server.
 pub(crate) const BANNED: [u32; 2] = [0, 2];
 
+/// Which prompts the clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mix {
+    /// Short chat prompts ([`PROMPTS`]).
+    Chat,
+    /// Prefill-heavy: a ~300-token document to summarize, unique from its first token on so no
+    /// server can reuse a cached prefix.
+    Prefill,
+}
+
+impl Mix {
+    /// The mix's name in tables and JSON.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Prefill => "prefill",
+        }
+    }
+
+    /// What client `c` asks in round `r`.
+    pub(crate) fn prompt(self, c: u32, r: u32) -> String {
+        match self {
+            Self::Chat => PROMPTS[(c + r) as usize % PROMPTS.len()].to_owned(),
+            Self::Prefill => {
+                format!("Document {c}-{r}. {DOCUMENT} Summarize the document in one sentence.")
+            }
+        }
+    }
+}
+
 /// What to send.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Load {
+    /// The prompts.
+    pub(crate) mix: Mix,
     /// Concurrent clients.
     pub(crate) clients: u32,
     /// Requests each client sends, one after another.
@@ -34,6 +81,14 @@ pub(crate) struct Load {
     /// `max_tokens` of every request.
     pub(crate) max_tokens: u32,
 }
+
+/// One short request before the measured loads, so that no system's first-use costs count.
+pub(crate) const WARM_UP: Load = Load {
+    mix: Mix::Chat,
+    clients: 1,
+    rounds: 1,
+    max_tokens: 4,
+};
 
 /// Where to send it.
 pub(crate) enum Target<'a> {
@@ -55,6 +110,9 @@ struct Sample {
 /// The figures of one load.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Report {
+    /// Engine loop time outside the backend over all engine loop time, for the in-process
+    /// engine; `None` elsewhere.
+    pub(crate) engine_share: Option<f64>,
     pub(crate) clients: u32,
     pub(crate) requests: u32,
     pub(crate) tokens: u64,
@@ -66,72 +124,35 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    /// One line of whitespace-separated numbers, for a child process to print.
-    pub(crate) fn to_line(&self) -> String {
-        format!(
-            "{} {} {} {} {} {} {} {}",
-            self.clients,
-            self.requests,
-            self.tokens,
-            self.tokens_per_s,
-            self.ttft_p50_ms,
-            self.ttft_p99_ms,
-            self.tpot_p50_ms,
-            self.peak_rss_mib
-        )
+    /// The report as a JSON object (also the line a child process prints).
+    pub(crate) fn to_json(&self) -> Value {
+        serde_json::json!({
+            "clients": self.clients,
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "tokens_per_s": self.tokens_per_s,
+            "ttft_p50_ms": self.ttft_p50_ms,
+            "ttft_p99_ms": self.ttft_p99_ms,
+            "tpot_p50_ms": self.tpot_p50_ms,
+            "peak_rss_mib": self.peak_rss_mib,
+            "engine_share": self.engine_share,
+        })
     }
 
-    /// Parses [`Report::to_line`].
-    pub(crate) fn from_line(line: &str) -> Self {
-        let f: Vec<f64> = line
-            .split_whitespace()
-            .map(|x| x.parse().expect("a number"))
-            .collect();
+    /// Parses [`Report::to_json`].
+    pub(crate) fn from_json(v: &Value) -> Self {
+        let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
         Self {
-            clients: f[0] as u32,
-            requests: f[1] as u32,
-            tokens: f[2] as u64,
-            tokens_per_s: f[3],
-            ttft_p50_ms: f[4],
-            ttft_p99_ms: f[5],
-            tpot_p50_ms: f[6],
-            peak_rss_mib: f[7],
+            engine_share: v["engine_share"].as_f64(),
+            clients: f("clients") as u32,
+            requests: f("requests") as u32,
+            tokens: f("tokens") as u64,
+            tokens_per_s: f("tokens_per_s"),
+            ttft_p50_ms: f("ttft_p50_ms"),
+            ttft_p99_ms: f("ttft_p99_ms"),
+            tpot_p50_ms: f("tpot_p50_ms"),
+            peak_rss_mib: f("peak_rss_mib"),
         }
-    }
-
-    /// The table header matching [`Report::row`].
-    pub(crate) fn header() -> String {
-        format!(
-            "{:<20} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "system",
-            "clients",
-            "requests",
-            "tok/s",
-            "ratio",
-            "TTFT p50",
-            "TTFT p99",
-            "TPOT p50",
-            "peak MiB"
-        )
-    }
-
-    /// One table row; `ratio` is this throughput over `base`'s.
-    pub(crate) fn row(&self, system: &str, base: Option<&Report>) -> String {
-        let ratio = base.map_or("".to_owned(), |b| {
-            format!("{:.3}", self.tokens_per_s / b.tokens_per_s)
-        });
-        format!(
-            "{:<20} {:>7} {:>8} {:>10.1} {:>9} {:>7.1}ms {:>7.1}ms {:>7.2}ms {:>9.0}",
-            system,
-            self.clients,
-            self.requests,
-            self.tokens_per_s,
-            ratio,
-            self.ttft_p50_ms,
-            self.ttft_p99_ms,
-            self.tpot_p50_ms,
-            self.peak_rss_mib
-        )
     }
 }
 
@@ -161,8 +182,8 @@ pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
         async move {
             let mut samples = Vec::new();
             for r in 0..load.rounds {
-                let prompt = PROMPTS[(c + r) as usize % PROMPTS.len()];
-                let request = request("", prompt, load.max_tokens);
+                let prompt = load.mix.prompt(c, r);
+                let request = request("", &prompt, load.max_tokens);
                 samples.push(match target {
                     Target::Pipeline(p) => one_in_process(p, request).await,
                     Target::Http(base) => one_over_http(&http, base, &request).await,
@@ -212,14 +233,24 @@ async fn one_over_http(
     base: &str,
     request: &ChatCompletionRequest,
 ) -> Sample {
+    let mut body = serde_json::to_value(request).expect("a request serializes");
+    // llama-server's and the mistral.rs shim's own switch; servers that do not know it ignore
+    // it, and `logit_bias` bans the same tokens everywhere.
+    body["ignore_eos"] = Value::Bool(true);
     let start = Instant::now();
     let mut response = http
         .post(format!("{base}/v1/chat/completions"))
-        .json(request)
+        .json(&body)
         .send()
         .await
         .expect("the server answers");
-    assert!(response.status().is_success(), "HTTP {}", response.status());
+    if !response.status().is_success() {
+        let status = response.status();
+        panic!(
+            "HTTP {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
     let mut first = None;
     let (mut usage_tokens, mut content_chunks) = (None, 0);
     let mut buffer = String::new();
@@ -276,6 +307,7 @@ fn summarize(clients: u32, samples: &[Sample]) -> Report {
         ttft_p99_ms: percentile(ttft, 0.99),
         tpot_p50_ms: percentile(tpot, 0.5),
         peak_rss_mib: 0.0,
+        engine_share: None,
     }
 }
 

@@ -1,70 +1,158 @@
-//! Serving figures: the server through HTTP, beside the same engine driven without HTTP, in one
-//! run, with the same prompts, clients and settings.
+//! Serving figures, side by side with the systems users would pick instead, in one run: our
+//! HTTP server (each backend built), our engine without HTTP, llama.cpp's `llama-server` (the
+//! anchor every ratio divides by) and mistral.rs, under the same load generator, plus the
+//! machine's memory-bandwidth limit for decoding.
 //!
 //! ```text
-//! cargo bench --features server --bench serving [-- --threads 2 --tokens 64 --clients 1,8,32
-//!     --rounds 2]
+//! cargo bench --features server --bench serving -- [--threads 2] [--tokens 64]
+//!     [--clients 1,8,32] [--rounds 2] [--prefill-clients 8] [--prefill-tokens 8]
+//!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
+//!     [--json PATH] [--markdown PATH]
 //! ```
-//! `C` clients each send `rounds` streamed chat requests one after another (greedy,
-//! `max_tokens` = `--tokens`, end-of-generation tokens banned through `logit_bias` so that every
-//! answer has the same length). Figures per system and concurrency: aggregate output tokens/s
-//! (all completion tokens over the wall time from the first request to the last answer), median
-//! and p99 time to first token, median time per output token after the first, and the serving
-//! process's peak resident memory.
+//! `cargo xtask bench` builds the peers (cached under `~/.cache/llm-pipeline/peers`) and passes
+//! their paths; `LLM_PIPELINE_LLAMA_SERVER` and `LLM_PIPELINE_MISTRALRS` do the same. A peer
+//! without a path is left out, and so are the ratios when llama-server is.
+//!
+//! Workloads: `C` clients each send `rounds` streamed chat requests one after another (greedy,
+//! `max_tokens` fixed, end-of-generation banned through `logit_bias` and `ignore_eos` so every
+//! answer has the same length), for each `C` in `--clients`; then the prefill-heavy mix: ~300
+//! token prompts, each unique from its first token, with short answers. Figures per system and
+//! workload: aggregate output tokens/s (completion tokens over the wall time from the first
+//! request to the last answer), median and p99 time to first token, median time per output
+//! token after the first, the serving process's peak resident memory, and for the in-process
+//! engine its own share of its loop time (everything outside the backend's forward step).
 //!
 //! Each system runs in a child process of its own (see `benches/throughput.rs` for why two
-//! llama.cpp engines must not share a process): `--child engine` drives the pipeline in-process
-//! and prints its figures; `--child serve PORT` runs the HTTP server, which this process drives
-//! over a local socket with the same load.
+//! llama.cpp engines must not share a process); this process only generates load.
 
+mod bandwidth;
+mod child;
 mod load;
+mod systems;
+mod table;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
-use llm_pipeline::core::config::PipelineConfig;
-use llm_pipeline::core::pipeline::Pipeline;
-use llm_pipeline::server::{ServerConfig, ServerState, router, serve};
+use load::{Load, Mix};
+use systems::{Peer, Run};
 
-use load::{Load, Report, Target};
+/// Context per sequence, for every system.
+pub(crate) const MAX_MODEL_LEN: u32 = 512;
 
-struct Args {
-    threads: u32,
+/// The command line (also forwarded to our child processes).
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) threads: u32,
     tokens: u32,
     clients: Vec<u32>,
     rounds: u32,
+    prefill_clients: u32,
+    prefill_tokens: u32,
+    llama_server: Option<PathBuf>,
+    mistralrs: Option<PathBuf>,
+    systems: Option<Vec<String>>,
+    json: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+    bandwidth_bytes: usize,
     child: Option<Vec<String>>,
+}
+
+impl Args {
+    /// The most clients of any workload: every system's parallel sequences.
+    pub(crate) fn max_clients(&self) -> u32 {
+        self.clients
+            .iter()
+            .copied()
+            .chain([self.prefill_clients])
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The loads every system runs, in order.
+    pub(crate) fn workloads(&self) -> Vec<Load> {
+        let chat = self.clients.iter().map(|&clients| Load {
+            mix: Mix::Chat,
+            clients,
+            rounds: self.rounds,
+            max_tokens: self.tokens,
+        });
+        let prefill = (self.prefill_clients > 0).then_some(Load {
+            mix: Mix::Prefill,
+            clients: self.prefill_clients,
+            rounds: self.rounds,
+            max_tokens: self.prefill_tokens,
+        });
+        chat.chain(prefill).collect()
+    }
+
+    /// The flags that shape the workloads, for a child process.
+    pub(crate) fn forwarded(&self) -> Vec<String> {
+        let clients: Vec<String> = self.clients.iter().map(u32::to_string).collect();
+        [
+            ("--threads", self.threads.to_string()),
+            ("--tokens", self.tokens.to_string()),
+            ("--rounds", self.rounds.to_string()),
+            ("--clients", clients.join(",")),
+            ("--prefill-clients", self.prefill_clients.to_string()),
+            ("--prefill-tokens", self.prefill_tokens.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+    }
+
+    fn wants(&self, system: &str) -> bool {
+        self.systems
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == system))
+    }
 }
 
 fn args() -> Args {
     let argv: Vec<String> = std::env::args().collect();
+    let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let mut a = Args {
         threads: 2,
         tokens: 64,
         clients: vec![1, 8, 32],
         rounds: 2,
+        prefill_clients: 8,
+        prefill_tokens: 8,
+        llama_server: env_path("LLM_PIPELINE_LLAMA_SERVER"),
+        mistralrs: env_path("LLM_PIPELINE_MISTRALRS"),
+        systems: None,
+        json: None,
+        markdown: None,
+        bandwidth_bytes: bandwidth::BUFFER_BYTES,
         child: None,
     };
     if !argv.iter().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs this without `--bench`: a quick smoke run.
+        // `cargo test --all-targets` runs this without `--bench`: a quick smoke run of ours.
         a.tokens = 4;
         a.clients = vec![1, 2];
         a.rounds = 1;
+        a.prefill_clients = 2;
+        a.prefill_tokens = 2;
+        a.systems = Some(vec!["ours".into(), "engine".into()]);
+        a.bandwidth_bytes = 64 << 20;
     }
     let mut it = argv.iter().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().cloned().unwrap_or_default();
+        let num = |v: String| -> u32 { v.parse().unwrap_or_else(|_| panic!("{flag} N")) };
         match flag.as_str() {
-            "--threads" => a.threads = val().parse().expect("--threads N"),
-            "--tokens" => a.tokens = val().parse().expect("--tokens N"),
-            "--rounds" => a.rounds = val().parse().expect("--rounds N"),
-            "--clients" => {
-                a.clients = val()
-                    .split(',')
-                    .map(|c| c.parse().expect("--clients 1,8,32"))
-                    .collect();
-            }
+            "--threads" => a.threads = num(val()),
+            "--tokens" => a.tokens = num(val()),
+            "--rounds" => a.rounds = num(val()),
+            "--prefill-clients" => a.prefill_clients = num(val()),
+            "--prefill-tokens" => a.prefill_tokens = num(val()),
+            "--clients" => a.clients = val().split(',').map(|c| num(c.to_owned())).collect(),
+            "--llama-server" => a.llama_server = Some(val().into()),
+            "--mistralrs" => a.mistralrs = Some(val().into()),
+            "--systems" => a.systems = Some(val().split(',').map(str::to_owned).collect()),
+            "--json" => a.json = Some(val().into()),
+            "--markdown" => a.markdown = Some(val().into()),
             "--child" => a.child = Some(it.by_ref().cloned().collect()),
             _ => {}
         }
@@ -72,7 +160,7 @@ fn args() -> Args {
     a
 }
 
-fn model_path() -> String {
+pub(crate) fn model_path() -> String {
     std::env::var("LLM_PIPELINE_SMOLLM2").unwrap_or_else(|_| {
         format!(
             "{}/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -81,150 +169,65 @@ fn model_path() -> String {
     })
 }
 
-/// The same configuration for every system: all clients fit in the running set.
-fn config(a: &Args) -> PipelineConfig {
-    let seqs = a.clients.iter().copied().max().unwrap_or(1);
-    PipelineConfig::default()
-        .with_model_id(model_path())
-        .with_max_model_len(512)
-        .with_max_num_seqs(seqs)
-        .with_max_num_batched_tokens(2048)
-        .with_threads(a.threads)
-        .validated()
-        .expect("a valid bench configuration")
-}
-
-fn load_spec(a: &Args, clients: u32) -> Load {
-    Load {
-        clients,
-        rounds: a.rounds,
-        max_tokens: a.tokens,
-    }
-}
-
-/// Child: the pipeline without HTTP, one report line per concurrency.
-fn child_engine(a: &Args) {
-    let pipeline = llm_pipeline::llama_cpp::load(&config(a)).expect("SmolLM2 loads");
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for &clients in &a.clients {
-        let mut report = runtime.block_on(load::run(
-            &Target::Pipeline(&pipeline),
-            &load_spec(a, clients),
-        ));
-        report.peak_rss_mib = load::peak_rss_mib(std::process::id());
-        println!("REPORT {}", report.to_line());
-    }
-}
-
-/// Child: the HTTP server on `127.0.0.1:port` until killed.
-fn child_serve(a: &Args, port: u16) {
-    let pipeline = llm_pipeline::llama_cpp::load(&config(a)).expect("SmolLM2 loads");
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("the bench port is free");
-        let server = ServerConfig::default().with_model_id(pipeline.model_id().to_owned());
-        println!("LISTENING");
-        serve(
-            listener,
-            router(ServerState::new(pipeline, server)),
-            std::future::pending::<()>(),
-            Duration::from_secs(1),
-        )
-        .await
-        .expect("the server runs");
-    });
-}
-
-fn spawn_child(a: &Args, mode: &[&str]) -> Child {
-    Command::new(std::env::current_exe().expect("own path"))
-        .args([
-            "--threads",
-            &a.threads.to_string(),
-            "--tokens",
-            &a.tokens.to_string(),
-            "--rounds",
-            &a.rounds.to_string(),
-            "--clients",
-            &a.clients
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-            "--child",
-        ])
-        .args(mode)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the bench child starts")
-}
-
-fn engine_reports(a: &Args) -> Vec<Report> {
-    let mut child = spawn_child(a, &["engine"]);
-    let out = BufReader::new(child.stdout.take().expect("piped"));
-    let reports = out
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| l.strip_prefix("REPORT ").map(Report::from_line))
-        .collect();
-    assert!(child.wait().expect("the child ends").success());
-    reports
-}
-
-fn http_reports(a: &Args) -> Vec<Report> {
-    let port = free_port();
-    let mut child = spawn_child(a, &["serve", &port.to_string()]);
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let mut line = String::new();
-    out.read_line(&mut line)
-        .expect("the server says it listens");
-    assert_eq!(line.trim(), "LISTENING", "the server child failed to start");
-    let base = format!("http://127.0.0.1:{port}");
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let reports = a
-        .clients
-        .iter()
-        .map(|&clients| {
-            let mut report =
-                runtime.block_on(load::run(&Target::Http(&base), &load_spec(a, clients)));
-            report.peak_rss_mib = load::peak_rss_mib(child.id());
-            report
-        })
-        .collect();
-    child.kill().expect("the server child stops");
-    child.wait().expect("the server child is reaped");
-    reports
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn main() {
     let a = args();
     if let Some(mode) = &a.child {
         match mode.first().map(String::as_str) {
-            Some("engine") => child_engine(&a),
-            Some("serve") => child_serve(&a, mode[1].parse().expect("--child serve PORT")),
+            Some("engine") => child::engine(&a),
+            Some("serve") => child::serve_http(
+                &a,
+                mode[1].parse().expect("--child serve PORT BACKEND"),
+                &mode[2],
+            ),
             other => panic!("unknown child mode {other:?}"),
         }
         return;
     }
     let started = Instant::now();
-    println!(
-        "serving: SmolLM2-135M Q4_1, {} threads, {} tokens per answer, {} rounds per client",
-        a.threads, a.tokens, a.rounds
+    let workloads = a.workloads();
+    eprintln!(
+        "serving: SmolLM2-135M Q4_1, {} threads, {} parallel sequences, {} tokens per chat \
+         answer, {} per prefill answer, {} rounds per client",
+        a.threads,
+        a.max_clients(),
+        a.tokens,
+        a.prefill_tokens,
+        a.rounds
     );
-    let engine = engine_reports(&a);
-    let http = http_reports(&a);
-    println!("{}", Report::header());
-    for (e, h) in engine.iter().zip(&http) {
-        println!("{}", e.row("engine (no HTTP)", None));
-        println!("{}", h.row("server (HTTP)", Some(e)));
+    let mut runs: Vec<Run> = Vec::new();
+    let peers = [
+        a.llama_server.clone().map(Peer::LlamaServer),
+        a.mistralrs.clone().map(Peer::MistralRs),
+    ];
+    for peer in peers.iter().flatten().filter(|p| a.wants(p.name())) {
+        runs.push(systems::peer(&a, peer));
+    }
+    if a.wants("ours") {
+        for (backend, _) in child::BACKENDS {
+            runs.push(systems::ours_http(&a, backend));
+        }
+    }
+    if a.wants("engine") {
+        runs.push(systems::engine(&a));
+    }
+    let model = model_path();
+    let ctx = table::Context {
+        threads: a.threads,
+        rounds: a.rounds,
+        model_bytes: std::fs::metadata(&model).map_or(0, |m| m.len()),
+        model,
+        bandwidth: bandwidth::read_bandwidth(a.threads, a.bandwidth_bytes),
+    };
+    let markdown = table::markdown(&runs, &workloads);
+    println!("{markdown}");
+    println!("{}", table::verdicts(&runs, &workloads, &ctx));
+    if let Some(path) = &a.json {
+        let json = table::json(&runs, &workloads, &ctx);
+        std::fs::write(path, serde_json::to_string_pretty(&json).expect("JSON"))
+            .expect("the JSON report is written");
+    }
+    if let Some(path) = &a.markdown {
+        std::fs::write(path, &markdown).expect("the Markdown table is written");
     }
     println!("total {:.1} s", started.elapsed().as_secs_f64());
 }

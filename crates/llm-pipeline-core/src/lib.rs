@@ -14,6 +14,7 @@ pub mod detokenize;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod memory;
 pub mod model;
 pub mod openai;
 pub mod pipeline;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc as tokio_mpsc;
 
@@ -129,6 +130,11 @@ pub struct EngineStats {
     pub cancelled: u64,
     /// Whether a backend step has failed.
     pub failed: bool,
+    /// Wall time of all engine loop iterations that did work, in nanoseconds: scheduling,
+    /// the backend step, sampling, detokenizing and sending events.
+    pub step_nanos: u64,
+    /// The part of `step_nanos` spent inside [`Backend::forward`]; the rest is the engine's own.
+    pub backend_nanos: u64,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +148,8 @@ struct Counters {
     preemptions: AtomicU64,
     cancelled: AtomicU64,
     failed: AtomicBool,
+    step_nanos: AtomicU64,
+    backend_nanos: AtomicU64,
 }
 
 /// Limits the engine enforces, fixed at start.
@@ -286,6 +294,8 @@ impl Engine {
             preemptions: c.preemptions.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::SeqCst),
+            step_nanos: c.step_nanos.load(Ordering::Relaxed),
+            backend_nanos: c.backend_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -335,12 +345,17 @@ impl<B: Backend> Actor<B> {
                     Err(_) => return,
                 }
             }
+            let started = Instant::now();
             while let Ok(cmd) = self.rx.try_recv() {
                 self.accept(cmd);
             }
             self.reap_cancelled();
             self.step();
             self.publish_counts();
+            self.shared
+                .counters
+                .step_nanos
+                .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
         }
     }
 
@@ -431,7 +446,13 @@ impl<B: Backend> Actor<B> {
                 .iter()
                 .map(|&(i, len)| self.running[i].entry(len))
                 .collect();
-            self.backend.forward(&batch, &mut self.logits)
+            let started = Instant::now();
+            let result = self.backend.forward(&batch, &mut self.logits);
+            self.shared
+                .counters
+                .backend_nanos
+                .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
+            result
         };
         self.shared.counters.steps.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
@@ -497,6 +518,11 @@ impl<B: Backend> Actor<B> {
             self.retire(&seq, true);
         }
     }
+}
+
+/// `d` in whole nanoseconds, saturating (584 years of steps fit).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

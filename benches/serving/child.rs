@@ -1,0 +1,81 @@
+//! What runs inside our child processes: the pipeline driven in-process (`--child engine`) and
+//! the HTTP server (`--child serve PORT BACKEND`).
+
+use std::time::Duration;
+
+use llm_pipeline::core::config::PipelineConfig;
+use llm_pipeline::core::pipeline::{EnginePipeline, Pipeline};
+use llm_pipeline::server::{ServerConfig, ServerState, router, serve};
+
+use crate::load::{self, Target};
+use crate::{Args, MAX_MODEL_LEN, model_path};
+
+/// A backend's loader: every backend builds the same `EnginePipeline`.
+type Loader = fn(&PipelineConfig) -> llm_pipeline::core::Result<EnginePipeline>;
+
+/// The backends this bench was built with, by name; each is served over HTTP.
+pub(crate) const BACKENDS: &[(&str, Loader)] = &[
+    ("llama-cpp", llm_pipeline::llama_cpp::load),
+    #[cfg(feature = "candle")]
+    ("candle", llm_pipeline::candle::load),
+];
+
+/// The same configuration for every system: all clients fit in the running set.
+fn config(a: &Args) -> PipelineConfig {
+    PipelineConfig::default()
+        .with_model_id(model_path())
+        .with_max_model_len(MAX_MODEL_LEN)
+        .with_max_num_seqs(a.max_clients())
+        .with_max_num_batched_tokens(2048)
+        .with_threads(a.threads)
+        .validated()
+        .expect("a valid bench configuration")
+}
+
+fn load_backend(a: &Args, backend: &str) -> EnginePipeline {
+    let (_, loader) = BACKENDS
+        .iter()
+        .find(|(name, _)| *name == backend)
+        .unwrap_or_else(|| panic!("backend {backend} is not built into this bench"));
+    loader(&config(a)).expect("SmolLM2 loads")
+}
+
+/// The pipeline without HTTP: one `REPORT {json}` line per workload, with the engine's own
+/// share of its loop time (outside the backend) during that workload.
+pub(crate) fn engine(a: &Args) {
+    let pipeline = load_backend(a, "llama-cpp");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(load::run(&Target::Pipeline(&pipeline), &load::WARM_UP));
+    for w in a.workloads() {
+        let before = pipeline.stats().expect("the engine's counters");
+        let mut report = runtime.block_on(load::run(&Target::Pipeline(&pipeline), &w));
+        // The counters of a loop iteration are added after it has sent its events.
+        std::thread::sleep(Duration::from_millis(50));
+        let after = pipeline.stats().expect("the engine's counters");
+        let step = after.step_nanos - before.step_nanos;
+        let backend = after.backend_nanos - before.backend_nanos;
+        report.engine_share = Some(step.saturating_sub(backend) as f64 / step.max(1) as f64);
+        report.peak_rss_mib = load::peak_rss_mib(std::process::id());
+        println!("REPORT {}", report.to_json());
+    }
+}
+
+/// The HTTP server with `backend` on `127.0.0.1:port` until killed.
+pub(crate) fn serve_http(a: &Args, port: u16, backend: &str) {
+    let pipeline = load_backend(a, backend);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the bench port is free");
+        let server = ServerConfig::default().with_model_id(pipeline.model_id().to_owned());
+        serve(
+            listener,
+            router(ServerState::new(pipeline, server)),
+            std::future::pending::<()>(),
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("the server runs");
+    });
+}

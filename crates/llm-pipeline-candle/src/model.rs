@@ -1,0 +1,299 @@
+//! The Llama-family decoder over a batch that mixes sequences at different positions.
+//!
+//! This is Orca's selective batching: every token of the step, whatever its sequence, is one row
+//! of a `(tokens, hidden)` matrix, so the projections, the MLP and the LM head each run once per
+//! step as one matrix product (where the weights are read once for all sequences). Only attention
+//! is split: each sequence's rows attend to that sequence's own KV cache, with a causal mask when
+//! it brings more than one token. Rotary embeddings are applied per row from a position table,
+//! which is what lets one step carry a prefill chunk at position 0 beside a decode at 900.
+//! candle-transformers' Llama cannot do this (it assumes one position per batch), hence our own
+//! model code.
+
+use candle_core::{DType, Device, Tensor};
+use llm_pipeline_core::backend::BatchEntry;
+
+use crate::CandleError;
+use crate::config::{ModelConfig, RopeStyle};
+use crate::kv::KvPool;
+use crate::weights::{LayerWeights, ModelWeights};
+
+/// Query rows of one sequence attended at once (bounds the score matrix of long prefills).
+const ATTN_ROWS: usize = 256;
+
+/// A loaded decoder.
+#[derive(Debug)]
+pub(crate) struct Model {
+    pub(crate) config: ModelConfig,
+    pub(crate) weights: ModelWeights,
+    cos: Tensor,
+    sin: Tensor,
+    positions: usize,
+    dtype: DType,
+    device: Device,
+}
+
+/// Where one batch entry's rows are in the step's token matrix.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    entry: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl Model {
+    /// Wraps loaded weights, with RoPE tables for `positions` positions.
+    pub(crate) fn new(
+        config: ModelConfig,
+        weights: ModelWeights,
+        positions: usize,
+        device: &Device,
+    ) -> Result<Self, CandleError> {
+        let dtype = weights.embed.dtype();
+        let (cos, sin) = config.rope_tables(positions, dtype, device)?;
+        Ok(Self {
+            config,
+            weights,
+            cos,
+            sin,
+            positions,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The activation dtype.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs `batch` and returns the logits `(rows, vocab)` in f32 of the entries that want them,
+    /// in batch order; `None` when none does.
+    pub(crate) fn forward(
+        &self,
+        batch: &[BatchEntry<'_>],
+        kv: &mut KvPool,
+    ) -> Result<Option<Tensor>, CandleError> {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(batch.len());
+        for (i, e) in batch.iter().enumerate() {
+            let end = e.start as usize + e.tokens.len();
+            if end > self.positions {
+                return Err(CandleError::PositionOutOfRange {
+                    seq: e.seq,
+                    position: end - 1,
+                    limit: self.positions,
+                });
+            }
+            kv.prepare(e.seq, e.start, e.tokens.len())?;
+            spans.push(Span {
+                entry: i,
+                offset: ids.len(),
+                len: e.tokens.len(),
+            });
+            ids.extend_from_slice(e.tokens);
+            positions.extend(e.start..end as u32);
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let logits = self
+            .run(batch, &spans, &ids, &positions, kv)
+            .map_err(CandleError::candle("forward step"))?;
+        for s in &spans {
+            kv.commit(batch[s.entry].seq, s.len);
+        }
+        Ok(logits)
+    }
+
+    fn run(
+        &self,
+        batch: &[BatchEntry<'_>],
+        spans: &[Span],
+        ids: &[u32],
+        positions: &[u32],
+        kv: &mut KvPool,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let t = ids.len();
+        let half = self.config.head_dim / 2;
+        let ids = Tensor::from_slice(ids, t, &self.device)?;
+        let pos = Tensor::from_slice(positions, t, &self.device)?;
+        let rope = Rope {
+            cos: self.cos.index_select(&pos, 0)?.reshape((t, 1, half))?,
+            sin: self.sin.index_select(&pos, 0)?.reshape((t, 1, half))?,
+            style: self.config.rope_style,
+        };
+        let mut x = self.weights.embed.index_select(&ids, 0)?;
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let ctx = LayerCtx {
+                batch,
+                spans,
+                rope: &rope,
+                layer: l,
+            };
+            x = self.layer(layer, &x, &ctx, kv)?;
+        }
+        let rows: Vec<u32> = spans
+            .iter()
+            .filter(|s| batch[s.entry].wants_logits)
+            .map(|s| (s.offset + s.len - 1) as u32)
+            .collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let rows = Tensor::from_vec(rows.clone(), rows.len(), &self.device)?;
+        let h = x.index_select(&rows, 0)?;
+        let h = candle_nn::ops::rms_norm(&h, &self.weights.norm, self.config.rms_norm_eps as f32)?;
+        let logits = self.weights.lm_head.forward(&h)?;
+        Ok(Some(logits.to_dtype(DType::F32)?))
+    }
+
+    fn layer(
+        &self,
+        w: &LayerWeights,
+        x: &Tensor,
+        ctx: &LayerCtx<'_>,
+        kv: &mut KvPool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
+        let t = x.dim(0)?;
+        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps)?;
+        let q = w.q.forward(&h)?.reshape((t, c.num_heads, 1, c.head_dim))?;
+        let k =
+            w.k.forward(&h)?
+                .reshape((t, c.num_kv_heads, 1, c.head_dim))?;
+        let v = w.v.forward(&h)?.reshape((t, c.num_kv_heads, c.head_dim))?;
+        let q = ctx.rope.apply(&q)?.reshape((t, c.num_heads, c.head_dim))?;
+        let k = ctx
+            .rope
+            .apply(&k)?
+            .reshape((t, c.num_kv_heads, c.head_dim))?;
+
+        let mut outs = Vec::with_capacity(ctx.spans.len());
+        for s in ctx.spans {
+            let e = &ctx.batch[s.entry];
+            let (ck, cv) = kv.write(
+                e.seq,
+                ctx.layer,
+                &k.narrow(0, s.offset, s.len)?,
+                &v.narrow(0, s.offset, s.len)?,
+            )?;
+            // Long prefills attend in slices of query rows, so the score matrix stays
+            // `ATTN_ROWS × keys` instead of `prompt × prompt`.
+            let mut done = 0;
+            while done < s.len {
+                let rows = ATTN_ROWS.min(s.len - done);
+                let start = e.start as usize + done;
+                let keys = start + rows;
+                outs.push(self.attend(
+                    &q.narrow(0, s.offset + done, rows)?,
+                    &ck.narrow(1, 0, keys)?,
+                    &cv.narrow(1, 0, keys)?,
+                    start,
+                )?);
+                done += rows;
+            }
+        }
+        let attn = Tensor::cat(&outs, 0)?;
+        let x = (x + w.o.forward(&attn)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &w.mlp_norm, eps)?;
+        let mlp = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
+        x + w.down.forward(&mlp)?
+    }
+
+    /// One sequence's attention: `q` is `(n, heads, head_dim)` for positions `start..start + n`,
+    /// `k`/`v` its cache `(kv_heads, start + n, head_dim)`. Returns `(n, heads × head_dim)`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        start: usize,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let n = q.dim(0)?;
+        let len = k.dim(1)?;
+        let groups = c.num_heads / c.num_kv_heads;
+        // Query heads of one KV head are adjacent (head j uses KV head j / groups), so the
+        // groups fold into the row dimension and K/V are never repeated.
+        let q =
+            q.transpose(0, 1)?
+                .contiguous()?
+                .reshape((c.num_kv_heads, groups * n, c.head_dim))?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = if n > 1 {
+            let mask = causal_mask(n, start, &self.device)?;
+            scores
+                .reshape((c.num_kv_heads, groups, n, len))?
+                .broadcast_add(&mask)?
+                .reshape((c.num_kv_heads, groups * n, len))?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        out.reshape((c.num_heads, n, c.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((n, c.num_heads * c.head_dim))
+    }
+}
+
+/// Row `i` (position `start + i`) may see keys `0..=start + i`.
+fn causal_mask(n: usize, start: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let len = start + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..len).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, len), device)
+}
+
+/// What a layer needs besides its weights.
+struct LayerCtx<'a> {
+    batch: &'a [BatchEntry<'a>],
+    spans: &'a [Span],
+    rope: &'a Rope,
+    layer: usize,
+}
+
+/// The step's rotary embedding: one cos/sin row per token.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl Rope {
+    /// `x` is `(tokens, heads, 1, head_dim)`: each token is its own "batch" so that it takes
+    /// its own position's row of the table.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        match self.style {
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin),
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_is_causal_from_the_chunk_start() {
+        let m = causal_mask(2, 3, &Device::Cpu).unwrap();
+        let m: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        assert_eq!(m[0], [0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], [0.0; 5]);
+    }
+}

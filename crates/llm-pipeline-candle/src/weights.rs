@@ -1,0 +1,444 @@
+//! Loading a Llama-family decoder's weights from a Hugging Face directory or a GGUF file.
+//!
+//! Both formats end as the same [`ModelWeights`]: norms and the token embedding as dense
+//! tensors, every linear layer as a [`Linear`] over candle's [`QMatMul`], which holds either a
+//! dense matrix or a quantized one. That is where the two load-time conversions happen:
+//! `USE_8BIT` quantizes a safetensors model's linear layers to Q8_0, and on the CPU GGUF tensors
+//! whose candle dot product is scalar go to this crate's Q4_1 kernel or are re-quantized to
+//! Q8_0, whose candle dot product is SIMD (see [`GgufKernels`]). Sizes are counted as they load ([`WeightMemory`]), so
+//! the 8-bit saving is measured, not assumed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::CandleError;
+use crate::config::ModelConfig;
+use crate::packed::PackedMatrix;
+
+/// Which CPU kernels run GGUF tensors whose candle 0.11 dot product is scalar (Q4_1, Q5_0,
+/// Q5_1). Other types, and every tensor on CUDA, always use candle's kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GgufKernels {
+    /// Q4_1 (and Q8_0 where the CPU has AVX-512 VNNI) through this crate's SIMD kernels,
+    /// repacked without changing a weight; Q5_0 and Q5_1 re-quantized to Q8_0.
+    #[default]
+    Auto,
+    /// Re-quantize Q4_1, Q5_0 and Q5_1 to Q8_0 at load time and use candle's SIMD Q8_0 path:
+    /// 8.5 bits per weight instead of 5 or 6, and a small rounding error on top of the stored
+    /// quantization.
+    RequantizeToQ8_0,
+    /// candle's kernels on every tensor as stored.
+    Candle,
+}
+
+/// GGUF types whose candle 0.11 CPU dot product has no SIMD path.
+const SCALAR_KERNEL_TYPES: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+/// Bytes of weights as loaded, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeightMemory {
+    /// Parameters in linear layers (projections, MLP, LM head).
+    pub linear_params: u64,
+    /// Bytes those parameters take as loaded.
+    pub linear_bytes: u64,
+    /// Bytes of everything else (embedding table, norms, biases).
+    pub other_bytes: u64,
+}
+
+impl WeightMemory {
+    /// What the linear layers would take in f16.
+    pub fn linear_f16_bytes(&self) -> u64 {
+        self.linear_params * 2
+    }
+
+    /// All bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.linear_bytes + self.other_bytes
+    }
+}
+
+/// A linear layer's weight: candle's (dense or quantized) or this crate's Q4_1 kernel.
+#[derive(Debug)]
+enum Weight {
+    Candle(QMatMul),
+    Packed(PackedMatrix),
+}
+
+/// A linear layer `x Wᵀ + b` whose weight may be quantized.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// `x` is `(tokens, in)`; the result `(tokens, out)`.
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Packed(w) => w.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug)]
+pub(crate) struct LayerWeights {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) mlp_norm: Tensor,
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+}
+
+/// The whole decoder.
+#[derive(Debug)]
+pub(crate) struct ModelWeights {
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<LayerWeights>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Linear,
+    pub(crate) memory: WeightMemory,
+}
+
+/// How a load should place and convert the weights.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadPlan {
+    pub(crate) device: Device,
+    /// Activation and dense-weight dtype.
+    pub(crate) dtype: DType,
+    /// `USE_8BIT`: quantize dense linear layers to Q8_0.
+    pub(crate) int8: bool,
+    pub(crate) kernels: GgufKernels,
+}
+
+/// Where tensors come from while building [`ModelWeights`].
+enum Source {
+    Safetensors(HashMap<String, Tensor>),
+    Gguf {
+        content: gguf_file::Content,
+        file: std::fs::File,
+    },
+}
+
+struct Builder<'a> {
+    source: Source,
+    plan: &'a LoadPlan,
+    memory: WeightMemory,
+}
+
+impl Builder<'_> {
+    fn has(&self, name: &str) -> bool {
+        match &self.source {
+            Source::Safetensors(map) => map.contains_key(name),
+            Source::Gguf { content, .. } => content.tensor_infos.contains_key(name),
+        }
+    }
+
+    fn qtensor(&mut self, name: &str) -> Result<QTensor, CandleError> {
+        let Source::Gguf { content, file } = &mut self.source else {
+            unreachable!("qtensor is only called on GGUF sources");
+        };
+        if !content.tensor_infos.contains_key(name) {
+            return Err(CandleError::MissingTensor { name: name.into() });
+        }
+        content
+            .tensor(file, name, &Device::Cpu)
+            .map_err(CandleError::candle("reading a GGUF tensor"))
+    }
+
+    /// A dense tensor in the plan's dtype on the plan's device, counted as "other".
+    fn dense(&mut self, name: &str) -> Result<Tensor, CandleError> {
+        let t = match &mut self.source {
+            Source::Safetensors(map) => map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| CandleError::MissingTensor { name: name.into() })?,
+            Source::Gguf { .. } => self
+                .qtensor(name)?
+                .dequantize(&Device::Cpu)
+                .map_err(CandleError::candle("dequantizing a GGUF tensor"))?,
+        };
+        let t = t
+            .to_dtype(self.plan.dtype)
+            .and_then(|t| t.to_device(&self.plan.device))
+            .map_err(CandleError::candle("placing a tensor"))?;
+        self.memory.other_bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        Ok(t)
+    }
+
+    fn optional_dense(&mut self, name: &str) -> Result<Option<Tensor>, CandleError> {
+        if self.has(name) {
+            self.dense(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A linear layer from `weight` and the optional `bias`.
+    fn linear(&mut self, weight: &str, bias: &str) -> Result<Linear, CandleError> {
+        let weight = match &self.source {
+            Source::Safetensors(map) => {
+                let w = map
+                    .get(weight)
+                    .cloned()
+                    .ok_or_else(|| CandleError::MissingTensor {
+                        name: weight.into(),
+                    })?;
+                Weight::Candle(self.dense_matmul(w)?)
+            }
+            Source::Gguf { .. } => {
+                let q = self.qtensor(weight)?;
+                self.quantized_weight(q)?
+            }
+        };
+        let bias = self.optional_dense(bias)?;
+        Ok(Linear { weight, bias })
+    }
+
+    /// A dense weight: quantized to Q8_0 under `USE_8BIT`, else kept dense in the plan's dtype.
+    fn dense_matmul(&mut self, w: Tensor) -> Result<QMatMul, CandleError> {
+        self.memory.linear_params += w.elem_count() as u64;
+        if self.plan.int8 {
+            let w = w
+                .to_dtype(DType::F32)
+                .map_err(CandleError::candle("widening for quantization"))?;
+            let q = QTensor::quantize_onto(&w, GgmlDType::Q8_0, &self.plan.device)
+                .map_err(CandleError::candle("quantizing to Q8_0 (USE_8BIT)"))?;
+            self.memory.linear_bytes += q.storage_size_in_bytes() as u64;
+            return Ok(QMatMul::QTensor(Arc::new(q)));
+        }
+        let w = w
+            .to_dtype(self.plan.dtype)
+            .and_then(|t| t.to_device(&self.plan.device))
+            .map_err(CandleError::candle("placing a weight"))?;
+        self.memory.linear_bytes += (w.elem_count() * w.dtype().size_in_bytes()) as u64;
+        Ok(QMatMul::Tensor(w))
+    }
+
+    /// A GGUF weight, kept quantized (re-quantized to Q8_0, or given to our Q4_1 kernel, where
+    /// the plan says so).
+    fn quantized_weight(&mut self, q: QTensor) -> Result<Weight, CandleError> {
+        let params = q.shape().elem_count() as u64;
+        if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            let w = q
+                .dequantize(&Device::Cpu)
+                .map_err(CandleError::candle("reading a dense GGUF weight"))?;
+            return self.dense_matmul(w).map(Weight::Candle);
+        }
+        let cpu = self.plan.device.is_cpu();
+        if cpu && self.plan.kernels == GgufKernels::Auto {
+            let ours = PackedMatrix::from_qtensor(&q)
+                .map_err(CandleError::candle("repacking quantized blocks"))?;
+            if let Some(m) = ours {
+                self.memory.linear_params += params;
+                self.memory.linear_bytes += m.bytes() as u64;
+                return Ok(Weight::Packed(m));
+            }
+        }
+        let q = if cpu
+            && self.plan.kernels != GgufKernels::Candle
+            && SCALAR_KERNEL_TYPES.contains(&q.dtype())
+        {
+            let w = q
+                .dequantize(&Device::Cpu)
+                .map_err(CandleError::candle("dequantizing for Q8_0"))?;
+            QTensor::quantize(&w, GgmlDType::Q8_0)
+                .map_err(CandleError::candle("re-quantizing to Q8_0"))?
+        } else if cpu {
+            q
+        } else {
+            let w = q
+                .dequantize(&Device::Cpu)
+                .map_err(CandleError::candle("dequantizing for the device"))?;
+            QTensor::quantize_onto(&w, q.dtype(), &self.plan.device)
+                .map_err(CandleError::candle("moving a quantized weight"))?
+        };
+        self.memory.linear_params += params;
+        self.memory.linear_bytes += q.storage_size_in_bytes() as u64;
+        Ok(Weight::Candle(QMatMul::QTensor(Arc::new(q))))
+    }
+}
+
+/// Loads the weights of a Hugging Face directory (`*.safetensors`, sharded or not).
+pub(crate) fn load_safetensors(
+    dir: &Path,
+    config: &ModelConfig,
+    plan: &LoadPlan,
+) -> Result<ModelWeights, CandleError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| CandleError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(CandleError::Unsupported {
+            setting: "MODEL_ID",
+            message: format!("no .safetensors file in {}", dir.display()),
+        });
+    }
+    let mut map = HashMap::new();
+    for f in &files {
+        let tensors = candle_core::safetensors::load(f, &Device::Cpu)
+            .map_err(CandleError::candle("reading safetensors"))?;
+        map.extend(tensors);
+    }
+    let mut b = Builder {
+        source: Source::Safetensors(map),
+        plan,
+        memory: WeightMemory::default(),
+    };
+    let embed = b.dense("model.embed_tokens.weight")?;
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let p = format!("model.layers.{i}");
+        let lin = |b: &mut Builder<'_>, name: &str| {
+            b.linear(&format!("{p}.{name}.weight"), &format!("{p}.{name}.bias"))
+        };
+        layers.push(LayerWeights {
+            attn_norm: b.dense(&format!("{p}.input_layernorm.weight"))?,
+            q: lin(&mut b, "self_attn.q_proj")?,
+            k: lin(&mut b, "self_attn.k_proj")?,
+            v: lin(&mut b, "self_attn.v_proj")?,
+            o: lin(&mut b, "self_attn.o_proj")?,
+            mlp_norm: b.dense(&format!("{p}.post_attention_layernorm.weight"))?,
+            gate: lin(&mut b, "mlp.gate_proj")?,
+            up: lin(&mut b, "mlp.up_proj")?,
+            down: lin(&mut b, "mlp.down_proj")?,
+        });
+    }
+    let norm = b.dense("model.norm.weight")?;
+    let head = if config.tie_word_embeddings || !b.has("lm_head.weight") {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    let lm_head = b.linear(head, "lm_head.bias")?;
+    Ok(ModelWeights {
+        embed,
+        layers,
+        norm,
+        lm_head,
+        memory: b.memory,
+    })
+}
+
+/// A GGUF file opened for loading: its metadata and tensor directory, read once.
+#[derive(Debug)]
+pub(crate) struct GgufFile {
+    path: PathBuf,
+    content: gguf_file::Content,
+    file: std::fs::File,
+}
+
+impl GgufFile {
+    /// Opens `path` and reads its header.
+    pub(crate) fn open(path: &Path) -> Result<Self, CandleError> {
+        let mut file = std::fs::File::open(path).map_err(|source| CandleError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(CandleError::candle("reading the GGUF header"))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            file,
+        })
+    }
+
+    /// Rows of `token_embd.weight` (the vocabulary size).
+    pub(crate) fn vocab_rows(&self) -> Result<usize, CandleError> {
+        let info = self.content.tensor_infos.get("token_embd.weight").ok_or(
+            CandleError::MissingTensor {
+                name: "token_embd.weight".into(),
+            },
+        )?;
+        Ok(info.shape.dims()[0])
+    }
+
+    /// The contents of `rope_freqs.weight`, when present.
+    pub(crate) fn rope_factors(&mut self) -> Result<Option<Vec<f32>>, CandleError> {
+        if !self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Ok(None);
+        }
+        let t = self
+            .content
+            .tensor(&mut self.file, "rope_freqs.weight", &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(CandleError::candle("reading rope_freqs.weight"))?;
+        Ok(Some(t))
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Loads the weights of a GGUF file, keeping quantized tensors quantized.
+pub(crate) fn load_gguf(
+    gguf: GgufFile,
+    config: &ModelConfig,
+    plan: &LoadPlan,
+) -> Result<ModelWeights, CandleError> {
+    let mut b = Builder {
+        source: Source::Gguf {
+            content: gguf.content,
+            file: gguf.file,
+        },
+        plan,
+        memory: WeightMemory::default(),
+    };
+    let embed = b.dense("token_embd.weight")?;
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let p = format!("blk.{i}");
+        let lin = |b: &mut Builder<'_>, name: &str| {
+            b.linear(&format!("{p}.{name}.weight"), &format!("{p}.{name}.bias"))
+        };
+        layers.push(LayerWeights {
+            attn_norm: b.dense(&format!("{p}.attn_norm.weight"))?,
+            q: lin(&mut b, "attn_q")?,
+            k: lin(&mut b, "attn_k")?,
+            v: lin(&mut b, "attn_v")?,
+            o: lin(&mut b, "attn_output")?,
+            mlp_norm: b.dense(&format!("{p}.ffn_norm.weight"))?,
+            gate: lin(&mut b, "ffn_gate")?,
+            up: lin(&mut b, "ffn_up")?,
+            down: lin(&mut b, "ffn_down")?,
+        });
+    }
+    let norm = b.dense("output_norm.weight")?;
+    let head = if b.has("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    let lm_head = b.linear(head, "output.bias")?;
+    Ok(ModelWeights {
+        embed,
+        layers,
+        norm,
+        lm_head,
+        memory: b.memory,
+    })
+}

@@ -1,0 +1,216 @@
+//! `cargo xtask gpu-check`: everything the GPU check needs, built here, in one directory small
+//! enough to send to a GPU machine (under 64 MiB), with the script that runs it there.
+//!
+//! The GPU machines have a driver, PyTorch and no network; the build machine has the toolkit
+//! (`cargo xtask cuda-env`) and no GPU. So the release bench binary (`examples/gpu_bench.rs`,
+//! with the candle and ORT backends and `cuda`) is built here, stripped, and shipped beside the
+//! Python scripts of `xtask/gpu/`: `gen_model.py` makes the random Llama-3-8B-shaped model
+//! there (16 GB of weights are not shipped), `hf_peer.py` runs the Hugging Face peer,
+//! `to_gguf.py` converts the weights for llama.cpp, `report.py` writes the table, and `run.sh`
+//! runs them in order under timeouts. The llama.cpp CUDA build takes 35-45 minutes on 2 cores
+//! (see `../shared/GPU-BUILD.md`), so its binary is built only with `--with-llama-cpp`, and
+//! `run.sh` skips what is absent with a note instead of failing.
+//!
+//! ```text
+//! cargo xtask gpu-check [--with-llama-cpp] [--no-build] [--out DIR]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, onnx, run, smollm2, workspace_root};
+
+/// What a GPU machine's command may carry along.
+const SIZE_LIMIT: u64 = 64 << 20;
+
+/// The scripts of `xtask/gpu/`, copied as they are.
+const SCRIPTS: [&str; 5] = [
+    "run.sh",
+    "gen_model.py",
+    "to_gguf.py",
+    "hf_peer.py",
+    "report.py",
+];
+
+/// The user messages of the bench; sequence `c` asks `PROMPTS[c % len]`, in every system.
+const PROMPTS: [&str; 8] = [
+    "Write a story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "Describe a walk through a forest in autumn.",
+    "Write a letter to a friend about a trip to the mountains.",
+    "Explain why the sky is blue.",
+    "Tell me about the history of bread.",
+    "Describe the life of a honey bee.",
+    "Write a poem about the sea.",
+];
+
+/// The tiny ONNX export's files the ORT CUDA smoke run needs.
+const ORT_TINY_FILES: [&str; 5] = [
+    "config.json",
+    "generation_config.json",
+    "model.onnx",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// Which binaries to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// Reuse what the target directory holds.
+    Skip,
+    /// candle and ORT with `cuda`.
+    Candle,
+    /// Those, and the llama.cpp backend with `cuda` (35-45 minutes on 2 cores).
+    CandleAndLlamaCpp,
+}
+
+/// `cargo xtask gpu-check`.
+pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
+    let mut build = Build::Candle;
+    let mut out = workspace_root().join("target").join("gpu-check");
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--with-llama-cpp" => build = Build::CandleAndLlamaCpp,
+            "--no-build" => build = Build::Skip,
+            "--out" => out = PathBuf::from(it.next().context("--out DIR")?),
+            other => bail!("gpu-check: unknown flag {other}"),
+        }
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let bin = out.join("bin");
+    std::fs::create_dir_all(&bin)?;
+
+    let examples = target_dir().join("release").join("examples");
+    if build != Build::Skip {
+        build_bench("candle,ort,cuda")?;
+    }
+    ship_binary(&examples.join("gpu_bench"), &bin.join("gpu_bench"))?;
+    if build == Build::CandleAndLlamaCpp {
+        build_bench("llama-cpp,cuda")?;
+        ship_binary(
+            &examples.join("gpu_bench"),
+            &bin.join("gpu_bench_llama_cpp"),
+        )?;
+        ship_llama_libraries(&bin.join("llama-libs"))?;
+    }
+
+    let sources = workspace_root().join("xtask").join("gpu");
+    for script in SCRIPTS {
+        std::fs::copy(sources.join(script), out.join(script))
+            .with_context(|| format!("copying {script}"))?;
+    }
+    let prompts = format!(
+        "[\n{}\n]\n",
+        PROMPTS
+            .iter()
+            .map(|p| format!("  {p:?}"))
+            .collect::<Vec<_>>()
+            .join(",\n")
+    );
+    std::fs::write(out.join("prompts.json"), prompts)?;
+    let tiny = onnx::fixtures(&smollm2()?)?.tiny;
+    std::fs::create_dir_all(out.join("ort-tiny"))?;
+    for file in ORT_TINY_FILES {
+        std::fs::copy(tiny.join(file), out.join("ort-tiny").join(file))?;
+    }
+
+    let size = dir_size(&out)?;
+    eprintln!(
+        "{}: {:.1} MiB (limit {} MiB)",
+        out.display(),
+        size as f64 / f64::from(1 << 20),
+        SIZE_LIMIT >> 20
+    );
+    if size > SIZE_LIMIT {
+        bail!("{} is over the limit; nothing was trimmed", out.display());
+    }
+    eprintln!(
+        "On a GPU machine (carry this directory): bash {}/run.sh\n\
+         It writes results.json and results.md to $OUT (or results/ beside run.sh).",
+        out.strip_prefix(workspace_root()).unwrap_or(&out).display()
+    );
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// `cargo build --release --example gpu_bench` with the facade `features`, in the toolkit's
+/// environment.
+fn build_bench(features: &str) -> Result<()> {
+    let toolkit = crate::cuda::toolkit()?;
+    eprintln!("building gpu_bench with {features}");
+    run(cargo()
+        .args(["build", "--release", "--example", "gpu_bench"])
+        .args(["--no-default-features", "--features", features])
+        .envs(toolkit.env()))
+}
+
+/// Copies a binary and strips it: the line tables of the release profile are most of its size.
+fn ship_binary(built: &Path, shipped: &Path) -> Result<()> {
+    if !built.is_file() {
+        bail!(
+            "{} is missing: build it (run without --no-build)",
+            built.display()
+        );
+    }
+    std::fs::copy(built, shipped).with_context(|| format!("copying {}", built.display()))?;
+    run(Command::new("strip").arg(shipped))
+}
+
+/// The llama.cpp and ggml shared libraries (the CUDA backend module among them) of the newest
+/// llama-cpp-sys-2 build: the llama.cpp binary loads them from `LD_LIBRARY_PATH` and
+/// `GGML_BACKENDS_DIR`, which `run.sh` points here.
+fn ship_llama_libraries(dest: &Path) -> Result<()> {
+    let build = target_dir().join("release").join("build");
+    let newest = std::fs::read_dir(&build)?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("llama-cpp-sys-2-")
+        })
+        .filter(|e| e.path().join("out").is_dir())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .context("no llama-cpp-sys-2 build output")?
+        .path()
+        .join("out");
+    std::fs::create_dir_all(dest)?;
+    let mut stack = vec![newest];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            } else if path.is_file() && name.starts_with("lib") && name.contains(".so") {
+                std::fs::copy(&path, dest.join(&name))?;
+                run(Command::new("strip")
+                    .arg("--strip-unneeded")
+                    .arg(dest.join(&name)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
