@@ -8,14 +8,19 @@
 //! 4-bit model can legitimately swap two near-tied tokens, so a divergence where both gaps are
 //! tiny is reported as a near-tie rather than failed.
 
-use std::path::PathBuf;
-
 use llm_pipeline::candle::{CandleBackend, GgufKernels, LoadOptions};
 use llm_pipeline::core::backend::{Backend, BatchEntry, Logits};
 use llm_pipeline::core::config::PipelineConfig;
 use llm_pipeline::core::gguf::GgufMetadata;
 use llm_pipeline::core::tokenizer::Tokenizer;
 use llm_pipeline::llama_cpp::LlamaCppBackend;
+
+#[path = "../support/mod.rs"]
+#[allow(
+    dead_code,
+    reason = "the shared SmolLM2 fixtures; this test builds its own config"
+)]
+mod support;
 
 const PROMPTS: [&str; 4] = [
     "What is the capital of France?",
@@ -34,26 +39,9 @@ const STEPS: usize = 16;
 /// layout, norm, attention) parts at the first tokens by several logits.
 const NEAR_TIE: f32 = 0.5;
 
-fn smollm2() -> PathBuf {
-    let path = std::env::var_os("LLM_PIPELINE_SMOLLM2").map_or_else(
-        || {
-            let home =
-                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-            home.join(".cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask models`",
-        path.display()
-    );
-    path
-}
-
 fn config() -> PipelineConfig {
     PipelineConfig::default()
-        .with_model_id(smollm2().to_string_lossy())
+        .with_model_id(support::smollm2().to_string_lossy())
         .with_max_model_len(512)
         .with_max_num_seqs(1)
         .with_max_num_batched_tokens(512)
@@ -101,7 +89,7 @@ fn greedy<B: Backend>(backend: &mut B, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32
 
 #[test]
 fn candle_and_llama_cpp_agree_on_the_first_greedy_tokens() {
-    let path = smollm2();
+    let path = support::smollm2();
     let cfg = config();
     let meta = GgufMetadata::from_path(&path).unwrap();
     let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
