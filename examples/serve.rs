@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use llm_pipeline::core::config::PipelineConfig;
-use llm_pipeline::core::pipeline::EnginePipeline;
 use llm_pipeline::server::{ServerConfig, ServerState, router, serve, shutdown_signal};
 
 const USAGE: &str = "usage: serve [--model PATH_OR_HF_ID] [--backend llama-cpp|candle|ort] [--host ADDR] \
@@ -70,34 +69,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// A backend's loader: every backend builds the same `EnginePipeline`.
-type Loader = fn(&PipelineConfig) -> llm_pipeline::core::Result<EnginePipeline>;
-
-/// The backends this binary was built with, by `--backend` name.
-const BACKENDS: &[(&str, Loader)] = &[
-    #[cfg(feature = "llama-cpp")]
-    ("llama-cpp", llm_pipeline::llama_cpp::load),
-    #[cfg(feature = "candle")]
-    ("candle", llm_pipeline::candle::load),
-    #[cfg(feature = "ort")]
-    ("ort", llm_pipeline::ort::load),
-];
-
-fn backend_loader(name: &str) -> Result<Loader> {
-    BACKENDS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, load)| *load)
-        .with_context(|| {
-            let built: Vec<&str> = BACKENDS.iter().map(|(n, _)| *n).collect();
-            format!(
-                "unknown backend `{name}`; this build has: {} (features `candle` and `ort` add \
-                 the others)",
-                built.join(", ")
-            )
-        })
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -118,7 +89,8 @@ async fn main() -> Result<()> {
     if pipeline_config.model_id.is_empty() {
         bail!("no model: pass --model PATH_OR_HF_ID or set MODEL_ID\n{USAGE}");
     }
-    let load = backend_loader(&args.backend)?;
+    // An unknown backend is refused before the socket is bound.
+    let load = llm_pipeline::loader(&args.backend)?;
 
     let mut server_config =
         ServerConfig::from_env()?.with_model_id(pipeline_config.model_id.clone());

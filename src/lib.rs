@@ -35,3 +35,52 @@ pub use llm_pipeline_llama_cpp as llama_cpp;
 pub use llm_pipeline_ort as ort;
 #[cfg(feature = "server")]
 pub use llm_pipeline_server as server;
+
+use crate::core::config::PipelineConfig;
+use crate::core::pipeline::EnginePipeline;
+
+/// A backend's loader: every backend builds the same [`EnginePipeline`] from a configuration.
+pub type Loader = fn(&PipelineConfig) -> crate::core::Result<EnginePipeline>;
+
+/// The backends this build has, by the name servers and benches take on their command line
+/// (`llama-cpp`, `candle`, `ort`), each with its default options.
+pub const BACKENDS: &[(&str, Loader)] = &[
+    #[cfg(feature = "llama-cpp")]
+    ("llama-cpp", llama_cpp::load),
+    #[cfg(feature = "candle")]
+    ("candle", candle::load),
+    #[cfg(feature = "ort")]
+    ("ort", ort::load),
+];
+
+/// The loader of the backend named `backend`.
+///
+/// # Errors
+/// [`Error::Config`](crate::core::Error::Config) naming the backends built in when `backend` is
+/// not one of them.
+pub fn loader(backend: &str) -> crate::core::Result<Loader> {
+    BACKENDS
+        .iter()
+        .find(|(name, _)| *name == backend)
+        .map(|(_, loader)| *loader)
+        .ok_or_else(|| crate::core::Error::Config {
+            variable: "backend",
+            message: format!(
+                "unknown backend `{backend}`; this build has: {} (the features `llama-cpp`, \
+                 `candle` and `ort` add them)",
+                BACKENDS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+}
+
+/// Loads `config.model_id` with the backend named `backend`.
+///
+/// # Errors
+/// As [`loader`]; otherwise the backend's own load errors.
+pub fn load(backend: &str, config: &PipelineConfig) -> crate::core::Result<EnginePipeline> {
+    loader(backend)?(config)
+}

@@ -10,15 +10,14 @@ use llm_pipeline::server::{ServerConfig, ServerState, router, serve};
 use crate::load::{self, Target};
 use crate::{Args, MAX_MODEL_LEN, model_path};
 
-/// A backend's loader: every backend builds the same `EnginePipeline`.
-type Loader = fn(&PipelineConfig) -> llm_pipeline::core::Result<EnginePipeline>;
-
-/// The backends this bench was built with, by name; each is served over HTTP.
-pub(crate) const BACKENDS: &[(&str, Loader)] = &[
-    ("llama-cpp", llm_pipeline::llama_cpp::load),
-    #[cfg(feature = "candle")]
-    ("candle", llm_pipeline::candle::load),
-];
+/// The backends served over HTTP: those built in that load the GGUF (ORT takes an ONNX
+/// export, measured by `benches/throughput.rs`).
+pub(crate) fn backends() -> impl Iterator<Item = &'static str> {
+    llm_pipeline::BACKENDS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| *name != "ort")
+}
 
 /// The same configuration for every system: all clients fit in the running set.
 fn config(a: &Args) -> PipelineConfig {
@@ -33,11 +32,7 @@ fn config(a: &Args) -> PipelineConfig {
 }
 
 fn load_backend(a: &Args, backend: &str) -> EnginePipeline {
-    let (_, loader) = BACKENDS
-        .iter()
-        .find(|(name, _)| *name == backend)
-        .unwrap_or_else(|| panic!("backend {backend} is not built into this bench"));
-    loader(&config(a)).expect("SmolLM2 loads")
+    llm_pipeline::load(backend, &config(a)).expect("SmolLM2 loads")
 }
 
 /// The pipeline without HTTP: one `REPORT {json}` line per workload, with the engine's own

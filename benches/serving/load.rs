@@ -176,7 +176,13 @@ pub(crate) fn request(model: &str, prompt: &str, max_tokens: u32) -> ChatComplet
 
 /// Runs `load` against `target` and reports its figures (`peak_rss_mib` left at 0).
 pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
-    let http = reqwest::Client::new();
+    // A fresh connection per request, for every system alike: reusing a pooled connection that
+    // the server has just closed fails the request (hyper's `IncompleteMessage`), which
+    // llama-server triggered here one run in a few.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client");
     let clients = (0..load.clients).map(|c| {
         let http = http.clone();
         async move {

@@ -4,7 +4,7 @@
 //! machine's memory-bandwidth limit for decoding.
 //!
 //! ```text
-//! cargo bench --features server --bench serving -- [--threads 2] [--tokens 64]
+//! cargo bench --features server,candle --bench serving -- [--threads 2] [--tokens 64]
 //!     [--clients 1,8,32] [--rounds 2] [--prefill-clients 8] [--prefill-tokens 8]
 //!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
 //!     [--json PATH] [--markdown PATH]
@@ -203,7 +203,7 @@ fn main() {
         runs.push(systems::peer(&a, peer));
     }
     if a.wants("ours") {
-        for (backend, _) in child::BACKENDS {
+        for backend in child::backends() {
             runs.push(systems::ours_http(&a, backend));
         }
     }

@@ -58,7 +58,10 @@ async fn stream_concatenates_to_the_whole_answer() {
     }
     assert_eq!(streamed, text(&whole));
     assert_eq!(finish, whole.choices[0].finish_reason);
-    assert_eq!(usage, Some(whole.usage));
+    // Token counts are those of the whole answer; how much of the prompt was cached differs,
+    // since the whole answer left its prompt in the cache.
+    let counts = |u: &llm_pipeline::core::openai::Usage| (u.prompt_tokens, u.completion_tokens);
+    assert_eq!(usage.as_ref().map(counts), Some(counts(&whole.usage)));
     assert!(
         first_role.flatten().is_some(),
         "the first delta carries the role"
@@ -199,6 +202,50 @@ async fn concurrent_requests_equal_each_alone() {
     wait_for(&pipeline, Duration::from_secs(5), |s| {
         s.running == 0 && s.in_flight == 0
     });
+}
+
+/// Prefix caching: a repeated prompt and the next turn of a chat reuse the KV cache of what an
+/// earlier request computed, and answer exactly as a pipeline without the cache does.
+#[tokio::test]
+async fn cached_prefixes_are_reused_and_change_no_answer() {
+    use llm_pipeline::core::openai::ChatMessage;
+    let cached = llm_pipeline::llama_cpp::load(&common::config(1024, 2)).unwrap();
+    let fresh =
+        llm_pipeline::llama_cpp::load(&common::config(1024, 2).with_prefix_caching(false)).unwrap();
+    let first = sys("Name a large city in Europe.")
+        .with_max_tokens(16)
+        .with_temperature(0.0);
+    let a = cached.chat(first.clone()).await.unwrap();
+    assert_eq!(a.usage.prompt_tokens_details, None, "nothing cached yet");
+    let again = cached.chat(first.clone()).await.unwrap();
+    assert_eq!(text(&again), text(&a));
+    let details = again
+        .usage
+        .prompt_tokens_details
+        .expect("cached tokens reported");
+    assert_eq!(details.cached_tokens, a.usage.prompt_tokens - 1);
+
+    // The next turn: the whole history but the last answer token is cached.
+    let mut messages = first.messages.clone();
+    messages.push(ChatMessage::assistant(text(&a)));
+    messages.push(ChatMessage::user("And one in Asia?"));
+    let turn = ChatCompletionRequest::new("", messages)
+        .with_max_tokens(16)
+        .with_temperature(0.0);
+    let next = cached.chat(turn.clone()).await.unwrap();
+    let reused = next.usage.prompt_tokens_details.unwrap().cached_tokens;
+    assert!(
+        reused >= a.usage.prompt_tokens,
+        "{reused} of {} cached",
+        next.usage.prompt_tokens
+    );
+    let reference = fresh.chat(turn).await.unwrap();
+    assert_eq!(reference.usage.prompt_tokens_details, None);
+    assert_eq!(text(&next), text(&reference));
+    assert_eq!(
+        cached.engine().stats().cached_tokens,
+        u64::from(details.cached_tokens + reused)
+    );
 }
 
 #[tokio::test]

@@ -323,10 +323,24 @@ async fn the_livepeer_protocol_answers_whole_and_streamed() {
     assert_eq!(text, message.content, "greedy: streamed equals whole");
     let last = events.last().unwrap();
     assert_eq!(last.choices[0].finish_reason, "length");
+    // The same counts; the streamed request found the whole one's prompt in the cache.
+    let last_usage = last.usage.as_ref().expect("usage on the final event");
     assert_eq!(
-        last.usage.as_ref(),
-        Some(&usage),
-        "usage on the final event"
+        (
+            last_usage.prompt_tokens,
+            last_usage.completion_tokens,
+            last_usage.total_tokens
+        ),
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        )
+    );
+    assert_eq!(
+        last_usage.prompt_tokens_details.map(|d| d.cached_tokens),
+        Some(usage.prompt_tokens - 1),
+        "all but the last prompt token reused"
     );
     assert!(events.iter().all(|e| e.id == whole_id(&events)));
     assert!(

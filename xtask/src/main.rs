@@ -223,6 +223,7 @@ fn test(args: &[String]) -> Result<()> {
 
 fn bench(args: &[String]) -> Result<()> {
     let model = smollm2()?;
+    let onnx = onnx::fixtures(&model)?;
     // A peer that cannot be built is left out of the run, not a reason to skip ours.
     let peer = |name: &str, path: Result<PathBuf>| match path {
         Ok(p) => Some(p),
@@ -237,7 +238,14 @@ fn bench(args: &[String]) -> Result<()> {
     let markdown = target_dir().join("serving.md");
     let mut serving = cargo();
     serving
-        .args(["bench", "--features", "server", "--bench", "serving", "--"])
+        .args([
+            "bench",
+            "--features",
+            ALL_FEATURES,
+            "--bench",
+            "serving",
+            "--",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--markdown")
@@ -259,9 +267,10 @@ fn bench(args: &[String]) -> Result<()> {
         svg.display()
     );
     run(cargo()
-        .args(["bench", "--features", "server", "--bench", "throughput"])
-        .env("LLM_PIPELINE_SMOLLM2", &model))?;
+        .args(["bench", "--features", ALL_FEATURES, "--bench", "throughput"])
+        .env("LLM_PIPELINE_SMOLLM2", &model)
+        .envs(onnx.env()))?;
     run(cargo()
-        .args(["bench", "--features", "server", "--bench", "core"])
+        .args(["bench", "--features", ALL_FEATURES, "--bench", "core"])
         .env("LLM_PIPELINE_SMOLLM2", &model))
 }

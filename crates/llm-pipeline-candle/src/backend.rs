@@ -298,9 +298,15 @@ fn gpu_budget(device: &Device, utilization: f32) -> Result<u64, CandleError> {
         setting: "GPU_MEMORY_UTILIZATION",
         message: format!("cannot query device memory: {e}"),
     })?;
-    let allowed = (total as f64 * f64::from(utilization)) as u64;
-    let used = (total - free) as u64;
-    Ok(allowed.saturating_sub(used))
+    let memory = llm_pipeline_core::memory::DeviceMemory {
+        total_bytes: total as u64,
+        free_bytes: free as u64,
+    };
+    Ok(llm_pipeline_core::memory::gpu_kv_budget(
+        memory,
+        utilization,
+        llm_pipeline_core::memory::Weights::Loaded,
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -104,6 +104,22 @@ pub trait Backend: Send {
     fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits)
     -> Result<(), Self::Error>;
 
-    /// Frees the KV cache of `seq`; a no-op for unknown sequences.
+    /// Frees the KV cache of `seq`; a no-op for unknown sequences. A backend that offers
+    /// [`reuse_prefix`](Backend::reuse_prefix) may keep the released cells' contents for a later
+    /// sequence, as long as they stop counting against the others' capacity.
     fn release(&mut self, seq: SeqId);
+
+    /// Prefix caching: offers `seq`, about to be computed from its first token (a new sequence,
+    /// or one back after preemption), KV cache contents kept from sequences released earlier.
+    /// `tokens` are `seq`'s known tokens but the last (which is always computed, to give
+    /// logits). Returns how many of them, from the first, are now in `seq`'s cache at their
+    /// positions; the engine starts `seq` there.
+    ///
+    /// The engine counts reused cells like computed ones, so a backend must keep them within
+    /// `seq`'s own share of [`BackendInfo::kv_capacity`] (llama.cpp's per-sequence streams do).
+    /// The default keeps nothing.
+    fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
+        let _ = (seq, tokens);
+        0
+    }
 }

@@ -7,7 +7,8 @@
 //! A few variables of our own cover what vLLM decides internally: `CPU_KV_CACHE_SPACE` (GiB of
 //! KV cache on CPU, like vLLM's `VLLM_CPU_KVCACHE_SPACE`, default 4), `NUM_THREADS` (CPU
 //! threads, default: the available cores), `MAX_QUEUE` (waiting requests before refusal),
-//! and the prices `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
+//! `ENABLE_PREFIX_CACHING` (reuse the KV cache of earlier requests' common prefixes where the
+//! backend can, default true, as in vLLM), and the prices `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
 //!
 //! Values are checked once, here, so that everything downstream can rely on them.
 
@@ -53,6 +54,9 @@ pub struct PipelineConfig {
     pub threads: Option<u32>,
     /// `MAX_QUEUE`: requests that may wait beyond the running ones before new ones are refused.
     pub max_queue: u32,
+    /// `ENABLE_PREFIX_CACHING`: whether backends that can reuse the KV cache of a prefix
+    /// computed for an earlier request do so.
+    pub prefix_caching: bool,
     /// `PRICE_PER_UNIT` / `PIXELS_PER_UNIT`.
     pub prices: PriceTable,
 }
@@ -73,6 +77,7 @@ impl Default for PipelineConfig {
             cpu_kv_cache_bytes: 4 << 30,
             threads: None,
             max_queue: 1024,
+            prefix_caching: true,
             prices: PriceTable::default(),
         }
     }
@@ -137,6 +142,10 @@ impl PipelineConfig {
                 .map(|v| parse_or("NUM_THREADS", Some(v), 0u32))
                 .transpose()?,
             max_queue: parse_or("MAX_QUEUE", get("MAX_QUEUE"), d.max_queue)?,
+            prefix_caching: match get("ENABLE_PREFIX_CACHING") {
+                Some(v) => parse_bool("ENABLE_PREFIX_CACHING", &v)?,
+                None => d.prefix_caching,
+            },
             prices: PriceTable {
                 price_per_unit: parse_or("PRICE_PER_UNIT", get("PRICE_PER_UNIT"), 0u64)?,
                 pixels_per_unit: parse_or("PIXELS_PER_UNIT", get("PIXELS_PER_UNIT"), 1u64)?,
@@ -258,6 +267,12 @@ impl PipelineConfig {
         self
     }
 
+    /// Turns prefix caching on or off.
+    pub fn with_prefix_caching(mut self, on: bool) -> Self {
+        self.prefix_caching = on;
+        self
+    }
+
     /// Sets the prices.
     pub fn with_prices(mut self, prices: PriceTable) -> Self {
         self.prices = prices;
@@ -325,6 +340,7 @@ mod tests {
         assert_eq!(c.gpu_memory_utilization, 0.85);
         assert_eq!(c.tensor_parallel_size, 1);
         assert_eq!(c.pipeline_parallel_size, 1);
+        assert!(c.prefix_caching);
     }
 
     #[test]
@@ -338,8 +354,10 @@ mod tests {
             ("MODEL_ID", "HuggingFaceTB/SmolLM2-135M-Instruct"),
             ("PRICE_PER_UNIT", "7"),
             ("PIXELS_PER_UNIT", "3"),
+            ("ENABLE_PREFIX_CACHING", "false"),
         ])
         .unwrap();
+        assert!(!c.prefix_caching);
         assert_eq!(c.quantization, Quantization::Int8);
         assert_eq!(
             (c.max_num_seqs, c.max_model_len, c.max_num_batched_tokens),

@@ -215,6 +215,7 @@ struct Answer {
     logprobs: Option<ChoiceLogprobs>,
     reason: FinishReason,
     completion_tokens: u32,
+    cached_tokens: u32,
 }
 
 async fn fold(pipeline: &EnginePipeline, mut rx: EventReceiver) -> Result<Answer> {
@@ -223,6 +224,7 @@ async fn fold(pipeline: &EnginePipeline, mut rx: EventReceiver) -> Result<Answer
         logprobs: None,
         reason: FinishReason::Stop,
         completion_tokens: 0,
+        cached_tokens: 0,
     };
     while let Some(event) = rx.recv().await {
         match event {
@@ -241,6 +243,7 @@ async fn fold(pipeline: &EnginePipeline, mut rx: EventReceiver) -> Result<Answer
             Event::Finished(f) => {
                 answer.reason = f.reason;
                 answer.completion_tokens = f.completion_tokens;
+                answer.cached_tokens = f.cached_tokens;
                 return Ok(answer);
             }
             Event::Failed { message } => {
@@ -265,10 +268,12 @@ impl Pipeline for EnginePipeline {
             futures::future::join_all(prepared.receivers.into_iter().map(|rx| fold(self, rx)))
                 .await;
         let mut completion = ChatCompletion::new(prepared.id, self.model_id(), prepared.created);
-        let mut completion_tokens = 0;
+        let (mut completion_tokens, mut cached_tokens) = (0, 0);
         for (index, answer) in answers.into_iter().enumerate() {
             let answer = answer?;
             completion_tokens += answer.completion_tokens;
+            // The choices share one prompt; report the most of it any of them found cached.
+            cached_tokens = cached_tokens.max(answer.cached_tokens);
             completion.choices.push(Choice {
                 index: index as u32,
                 message: AssistantMessage::new(answer.text),
@@ -276,7 +281,8 @@ impl Pipeline for EnginePipeline {
                 finish_reason: Some(answer.reason),
             });
         }
-        completion.usage = Usage::new(prepared.prompt_tokens, completion_tokens);
+        completion.usage =
+            Usage::new(prepared.prompt_tokens, completion_tokens).with_cached_tokens(cached_tokens);
         completion.metadata = Some(self.metadata(prepared.quote, completion_tokens));
         Ok(completion)
     }
@@ -301,6 +307,7 @@ impl Pipeline for EnginePipeline {
             open: generation.n as usize,
             prompt_tokens: prepared.prompt_tokens,
             completion_tokens: 0,
+            cached_tokens: 0,
             include_usage,
             quote: prepared.quote,
             done: false,
@@ -348,6 +355,7 @@ struct StreamState {
     open: usize,
     prompt_tokens: u32,
     completion_tokens: u32,
+    cached_tokens: u32,
     include_usage: bool,
     quote: Price,
     done: bool,
@@ -384,6 +392,7 @@ impl StreamState {
             }
             Event::Finished(f) => {
                 self.completion_tokens += f.completion_tokens;
+                self.cached_tokens = self.cached_tokens.max(f.cached_tokens);
                 self.open -= 1;
                 let mut last = self
                     .chunk(ChunkChoice::new(index, Delta::default()).with_finish_reason(f.reason));
@@ -396,10 +405,10 @@ impl StreamState {
                     last.metadata = Some(metadata);
                     return Some(vec![Ok(last)]);
                 }
-                let mut usage = self
-                    .template
-                    .clone()
-                    .with_usage(Usage::new(self.prompt_tokens, self.completion_tokens));
+                let mut usage = self.template.clone().with_usage(
+                    Usage::new(self.prompt_tokens, self.completion_tokens)
+                        .with_cached_tokens(self.cached_tokens),
+                );
                 usage.metadata = Some(metadata);
                 Some(vec![Ok(last), Ok(usage)])
             }

@@ -3,10 +3,17 @@
 //! The context holds one KV stream of `MAX_MODEL_LEN` cells per sequence slot (see
 //! [`kv_layout`] for why streams and not one pool). Each engine step is one `llama_decode` over
 //! a batch mixing prefill chunks and decode tokens, asking for logits only where the engine
-//! needs them. Engine sequence ids are mapped to llama.cpp's sequence slots, which
-//! [`Backend::release`] frees together with the sequence's KV cells.
+//! needs them. Engine sequence ids are mapped to llama.cpp's sequence slots.
+//!
+//! Prefix caching: a released slot keeps its KV cells and remembers their tokens. A new
+//! sequence whose tokens start like a free slot's takes that slot, drops the cells past the
+//! common prefix and starts computing after it ([`Backend::reuse_prefix`]), as llama-server's
+//! slots do; repeated system prompts, multi-turn chats and recomputed preempted sequences skip
+//! most of their prefill. Slots without a match are handed out least recently used first, so
+//! recent contents live longest. A slot's cells are its own stream, so what a free slot keeps
+//! takes nothing from running sequences.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::path::Path;
 
@@ -18,6 +25,7 @@ use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::token::LlamaToken;
 use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
 use llm_pipeline_core::config::PipelineConfig;
+use llm_pipeline_core::memory::{DeviceMemory, Weights, gpu_kv_budget};
 
 use crate::LlamaCppError;
 use crate::runtime;
@@ -32,7 +40,12 @@ pub struct LlamaCppBackend {
     model: Box<LlamaModel>,
     batch: LlamaBatch<'static>,
     slots: HashMap<SeqId, i32>,
-    free_slots: Vec<i32>,
+    /// Free slots, least recently released first.
+    free_slots: VecDeque<i32>,
+    /// The tokens in each slot's KV cells, by position; kept after release for reuse.
+    cached: Vec<Vec<u32>>,
+    /// `ENABLE_PREFIX_CACHING`.
+    prefix_caching: bool,
     info: BackendInfo,
 }
 
@@ -75,6 +88,27 @@ fn split_mode(config: &PipelineConfig, gpus: usize) -> Result<LlamaSplitMode, Ll
     } else {
         LlamaSplitMode::Layer
     })
+}
+
+/// The KV budget over the GPUs llama.cpp spreads the model across (all it found): on each,
+/// `GPU_MEMORY_UTILIZATION × total − in use − its share of the weights`. ggml measured the
+/// devices before the weights were loaded, so they are subtracted here.
+fn gpus_kv_budget(gpus: &[runtime::DeviceInfo], utilization: f32, weight_bytes: u64) -> u64 {
+    let share = weight_bytes.div_ceil(gpus.len().max(1) as u64);
+    gpus.iter()
+        .map(|gpu| {
+            let memory = DeviceMemory {
+                total_bytes: gpu.total_bytes,
+                free_bytes: gpu.free_bytes,
+            };
+            gpu_kv_budget(memory, utilization, Weights::NotYetLoaded { bytes: share })
+        })
+        .sum()
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// KV cache bytes per token: keys and values, f16, every layer.
@@ -163,14 +197,10 @@ impl LlamaCppBackend {
         })?;
         let model = Box::new(model);
         let bytes_per_token = kv_bytes_per_token(&model);
-        let budget = match gpus.first() {
-            Some(gpu) => {
-                let usable =
-                    (gpu.total_bytes as f64 * f64::from(config.gpu_memory_utilization)) as u64;
-                let used = gpu.total_bytes - gpu.free_bytes;
-                usable.saturating_sub(used).saturating_sub(model.size())
-            }
-            None => config.cpu_kv_cache_bytes,
+        let budget = if gpus.is_empty() {
+            config.cpu_kv_cache_bytes
+        } else {
+            gpus_kv_budget(&gpus, config.gpu_memory_utilization, model.size())
         };
         let layout = kv_layout(config, budget, bytes_per_token)?;
         let max_seqs = layout.seqs;
@@ -214,7 +244,9 @@ impl LlamaCppBackend {
             model,
             batch: LlamaBatch::new(n_batch as usize, 1),
             slots: HashMap::new(),
-            free_slots: (0..max_seqs as i32).rev().collect(),
+            free_slots: (0..max_seqs as i32).collect(),
+            cached: vec![Vec::new(); max_seqs as usize],
+            prefix_caching: config.prefix_caching,
             info,
         })
     }
@@ -230,12 +262,25 @@ impl LlamaCppBackend {
         }
         let slot = self
             .free_slots
-            .pop()
+            .pop_front()
             .ok_or(LlamaCppError::TooManySequences {
                 max: self.info.max_seqs,
             })?;
+        self.forget(slot);
         self.slots.insert(seq, slot);
         Ok(slot)
+    }
+
+    /// Drops what `slot` kept from its previous sequence.
+    fn forget(&mut self, slot: i32) {
+        let cached = &mut self.cached[slot as usize];
+        if cached.is_empty() {
+            return;
+        }
+        cached.clear();
+        if let Err(e) = self.ctx.kv_cache_seq_rm(slot, None, None) {
+            tracing::error!(slot, error = %e, "cannot clear the KV cache of a slot");
+        }
     }
 }
 
@@ -267,9 +312,20 @@ impl Backend for LlamaCppBackend {
                 }
             }
         }
-        self.ctx
-            .decode(&mut self.batch)
-            .map_err(|e| LlamaCppError::Decode { source: e })?;
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            // What the failed step left in its slots is unknown: keep none of it for reuse.
+            for entry in batch {
+                if let Some(&slot) = self.slots.get(&entry.seq) {
+                    self.forget(slot);
+                }
+            }
+            return Err(LlamaCppError::Decode { source: e });
+        }
+        for entry in batch {
+            let cached = &mut self.cached[self.slots[&entry.seq] as usize];
+            cached.truncate(entry.start as usize);
+            cached.extend_from_slice(entry.tokens);
+        }
         for i in rows {
             logits.push_row(self.ctx.get_logits_ith(i));
         }
@@ -277,12 +333,37 @@ impl Backend for LlamaCppBackend {
     }
 
     fn release(&mut self, seq: SeqId) {
+        // The cells stay, for a later sequence with the same prefix.
         if let Some(slot) = self.slots.remove(&seq) {
-            if let Err(e) = self.ctx.kv_cache_seq_rm(slot, None, None) {
-                tracing::error!(seq, slot, error = %e, "cannot free the KV cache of a sequence");
-            }
-            self.free_slots.push(slot);
+            self.free_slots.push_back(slot);
         }
+    }
+
+    fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
+        if !self.prefix_caching || self.slots.contains_key(&seq) {
+            return 0;
+        }
+        let Some((at, slot, common)) = self
+            .free_slots
+            .iter()
+            .enumerate()
+            .map(|(at, &slot)| (at, slot, common_prefix(&self.cached[slot as usize], tokens)))
+            .max_by_key(|&(at, _, common)| (common, std::cmp::Reverse(at)))
+        else {
+            return 0;
+        };
+        if common == 0 {
+            return 0;
+        }
+        self.free_slots.remove(at);
+        self.slots.insert(seq, slot);
+        if let Err(e) = self.ctx.kv_cache_seq_rm(slot, Some(common as u32), None) {
+            tracing::warn!(slot, error = %e, "cannot trim a slot's KV cache; not reusing it");
+            self.forget(slot);
+            return 0;
+        }
+        self.cached[slot as usize].truncate(common);
+        common as u32
     }
 }
 
@@ -314,6 +395,26 @@ mod tests {
         // llama.cpp's own cap on sequences.
         let many = config.clone().with_max_num_seqs(1000);
         assert_eq!(kv_layout(&many, 1 << 50, 1000).unwrap().seqs, LLAMA_MAX_SEQ);
+    }
+
+    #[test]
+    fn gpu_budget_sums_devices_and_subtracts_each_ones_weights() {
+        const GIB: u64 = 1 << 30;
+        let gpu = |total: u64, free: u64| runtime::DeviceInfo {
+            name: "CUDA0".into(),
+            description: "test".into(),
+            is_gpu: true,
+            free_bytes: free * GIB,
+            total_bytes: total * GIB,
+        };
+        // One 141 GiB device with 1 GiB in use and 16 GiB of weights to come, at 0.85.
+        let one = gpus_kv_budget(&[gpu(141, 140)], 0.85, 16 * GIB);
+        assert_eq!(one, (141 * GIB * 85 / 100) - GIB - 16 * GIB);
+        // Split over two: each holds half the weights; a busier device gives less.
+        let two = gpus_kv_budget(&[gpu(100, 100), gpu(100, 90)], 0.5, 20 * GIB);
+        assert_eq!(two, (50 - 10) * GIB + (50 - 10 - 10) * GIB);
+        // Weights larger than a device's share: that device adds nothing, never a negative.
+        assert_eq!(gpus_kv_budget(&[gpu(10, 10)], 0.9, 40 * GIB), 0);
     }
 
     #[test]

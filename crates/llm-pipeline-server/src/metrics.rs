@@ -235,6 +235,11 @@ impl Metrics {
                     s.generated_tokens,
                 ),
                 (
+                    "llm_engine_cached_tokens_total",
+                    "Tokens whose KV cache was reused from earlier requests instead of computed.",
+                    s.cached_tokens,
+                ),
+                (
                     "llm_engine_preemptions_total",
                     "Sequences preempted for KV space.",
                     s.preemptions,

@@ -81,6 +81,8 @@ pub struct Finished {
     pub prompt_tokens: u32,
     /// Tokens generated, including an end-of-generation token.
     pub completion_tokens: u32,
+    /// Prompt tokens whose KV came from the backend's prefix cache instead of being computed.
+    pub cached_tokens: u32,
 }
 
 /// The receiving end of one sequence's events; dropping it cancels the sequence.
@@ -124,6 +126,9 @@ pub struct EngineStats {
     pub prompt_tokens: u64,
     /// Generated tokens, all sequences.
     pub generated_tokens: u64,
+    /// Tokens taken from the backend's prefix cache instead of computed (prompts, and the
+    /// tokens of preempted sequences when they come back).
+    pub cached_tokens: u64,
     /// Preemptions so far.
     pub preemptions: u64,
     /// Sequences cancelled because their receiver was dropped.
@@ -145,6 +150,7 @@ struct Counters {
     steps: AtomicU64,
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
     preemptions: AtomicU64,
     cancelled: AtomicU64,
     failed: AtomicBool,
@@ -291,6 +297,7 @@ impl Engine {
             steps: c.steps.load(Ordering::Relaxed),
             prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
             generated_tokens: c.generated_tokens.load(Ordering::Relaxed),
+            cached_tokens: c.cached_tokens.load(Ordering::Relaxed),
             preemptions: c.preemptions.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::SeqCst),
@@ -432,7 +439,14 @@ impl<B: Backend> Actor<B> {
             }
         }
         for _ in 0..plan.admit {
-            if let Some(seq) = self.waiting.pop_front() {
+            if let Some(mut seq) = self.waiting.pop_front() {
+                let known = seq.tokens();
+                let reused = self.backend.reuse_prefix(seq.id, &known[..known.len() - 1]);
+                seq.start_at(reused);
+                self.shared
+                    .counters
+                    .cached_tokens
+                    .fetch_add(u64::from(seq.computed), Ordering::Relaxed);
                 self.running.push(seq);
             }
         }
@@ -465,7 +479,8 @@ impl<B: Backend> Actor<B> {
         self.advance(&order);
     }
 
-    /// Maps the plan's chunks to indices in `running`, in plan order.
+    /// Maps the plan's chunks to indices in `running`, in plan order. A chunk planned before
+    /// its sequence reused a cached prefix is cut to what is still pending.
     fn locate(&self, chunks: &[Chunk]) -> Vec<(usize, u32)> {
         chunks
             .iter()
@@ -473,7 +488,7 @@ impl<B: Backend> Actor<B> {
                 self.running
                     .iter()
                     .position(|s| s.id == c.id)
-                    .map(|i| (i, c.len))
+                    .map(|i| (i, c.len.min(self.running[i].view().pending)))
             })
             .collect()
     }

@@ -27,6 +27,8 @@ pub(super) struct Sequence {
     pub(super) prompt_len: usize,
     /// Tokens of `tokens` in the backend's KV cache.
     pub(super) computed: u32,
+    /// Prompt tokens the backend had cached when the sequence was first admitted.
+    cached_prompt: Option<u32>,
     max_tokens: u32,
     sampler: Sampler,
     decoder: IncrementalDecoder,
@@ -43,12 +45,26 @@ impl Sequence {
             tokens: request.prompt,
             prompt_len,
             computed: 0,
+            cached_prompt: None,
             max_tokens: request.max_tokens.max(1),
             sampler,
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(&request.stop),
             events,
         }
+    }
+
+    /// All known tokens: the prompt, then what was generated.
+    pub(super) fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Starts (or restarts, after preemption) with `cached` leading tokens already in the
+    /// backend's KV cache (all but the last at most; more is a backend bug, clamped).
+    pub(super) fn start_at(&mut self, cached: u32) {
+        self.computed = cached.min(self.tokens.len() as u32 - 1);
+        self.cached_prompt
+            .get_or_insert(self.computed.min(self.prompt_len as u32));
     }
 
     pub(super) fn view(&self) -> SeqView {
@@ -135,6 +151,7 @@ impl Sequence {
                     reason,
                     prompt_tokens: self.prompt_len as u32,
                     completion_tokens: self.generated(),
+                    cached_tokens: self.cached_prompt.unwrap_or(0),
                 }));
                 StepOutcome::Finished
             }

@@ -45,6 +45,9 @@ struct Observed {
 struct TestBackend {
     info: BackendInfo,
     kv: HashMap<SeqId, Vec<u32>>,
+    /// Caches of released sequences, kept for reuse when `prefix_cache` is on.
+    kept: Vec<Vec<u32>>,
+    prefix_cache: bool,
     seen: Arc<Observed>,
     step_delay: Duration,
 }
@@ -103,8 +106,29 @@ impl Backend for TestBackend {
     }
 
     fn release(&mut self, seq: SeqId) {
-        self.kv.remove(&seq);
+        if let Some(cache) = self.kv.remove(&seq)
+            && self.prefix_cache
+        {
+            self.kept.push(cache);
+        }
         self.seen.live.store(self.kv.len(), Ordering::SeqCst);
+    }
+
+    fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
+        let common = |kept: &Vec<u32>| kept.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let Some((i, n)) = self
+            .kept
+            .iter()
+            .map(common)
+            .enumerate()
+            .max_by_key(|&(_, n)| n)
+        else {
+            return 0;
+        };
+        let mut cache = self.kept.swap_remove(i);
+        cache.truncate(n);
+        self.kv.insert(seq, cache);
+        n as u32
     }
 }
 
@@ -141,6 +165,7 @@ struct Setup {
     max_queue: u32,
     max_model_len: u32,
     step_delay: Duration,
+    prefix_cache: bool,
 }
 
 impl Default for Setup {
@@ -152,6 +177,7 @@ impl Default for Setup {
             max_queue: 64,
             max_model_len: 512,
             step_delay: Duration::ZERO,
+            prefix_cache: false,
         }
     }
 }
@@ -172,6 +198,8 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
             Ok(TestBackend {
                 info,
                 kv: HashMap::new(),
+                kept: Vec::new(),
+                prefix_cache: setup.prefix_cache,
                 seen: observed,
                 step_delay: setup.step_delay,
             })
@@ -420,4 +448,46 @@ fn stop_strings_end_generation_and_are_not_emitted() {
         finished.completion_tokens as usize,
         want.iter().position(|&t| t == want[3]).unwrap() + 1
     );
+}
+
+#[test]
+fn a_cached_prefix_is_not_recomputed_and_changes_nothing_else() {
+    let (engine, seen) = start(Setup {
+        prefix_cache: true,
+        ..Setup::default()
+    });
+    let first = prompt(3, 40);
+    let (out, f) = collect(engine.submit(request(first.clone(), 6)).unwrap());
+    assert_eq!((out.clone(), f.reason), expected(&first, 6, 512));
+    assert_eq!(f.cached_tokens, 0);
+    settle(&engine);
+
+    // The same prompt again: all but its last token come from the cache (the last is always
+    // computed, to give logits).
+    let prefilled = |seen: &Observed| seen.steps.lock().unwrap().clone();
+    let before = prefilled(&seen).len();
+    let (again, f) = collect(engine.submit(request(first.clone(), 6)).unwrap());
+    assert_eq!(again, out);
+    assert_eq!((f.cached_tokens, f.prompt_tokens), (39, 40));
+    assert_eq!(
+        prefilled(&seen)[before],
+        1,
+        "one token computed for the prompt"
+    );
+    settle(&engine);
+
+    // The next turn of that chat: its history is cached, up to the last generated token,
+    // whose KV was never computed.
+    let mut turn = first.clone();
+    turn.extend(&out);
+    turn.extend(prompt(4, 5));
+    let (next, f) = collect(engine.submit(request(turn.clone(), 6)).unwrap());
+    assert_eq!((next, f.reason), expected(&turn, 6, 512));
+    assert_eq!(f.cached_tokens, 40 + 6 - 1);
+
+    // An unrelated prompt shares nothing.
+    let (_, f) = collect(engine.submit(request(prompt(9, 20), 3)).unwrap());
+    assert_eq!(f.cached_tokens, 0);
+    let stats = settle(&engine);
+    assert_eq!(stats.cached_tokens, 39 + 45);
 }

@@ -24,5 +24,6 @@ pub use models::{ModelCard, ModelList};
 pub use request::{ChatCompletionRequest, StopSequences, StreamOptions};
 pub use response::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice,
-    Delta, FinishReason, MIN_LOGPROB, ResponseMetadata, TokenLogprob, TopLogprob, Usage,
+    Delta, FinishReason, MIN_LOGPROB, PromptTokensDetails, ResponseMetadata, TokenLogprob,
+    TopLogprob, Usage,
 };

@@ -271,6 +271,17 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Their sum.
     pub total_tokens: u32,
+    /// How the prompt tokens were processed; sent when some came from the prefix cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// The breakdown of a request's prompt tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV cache was reused from an earlier request instead of computed.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 impl Usage {
@@ -280,7 +291,16 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens_details: None,
         }
+    }
+
+    /// Records that `cached` of the prompt tokens came from the prefix cache (nothing when 0).
+    pub fn with_cached_tokens(mut self, cached: u32) -> Self {
+        self.prompt_tokens_details = (cached > 0).then_some(PromptTokensDetails {
+            cached_tokens: cached,
+        });
+        self
     }
 }
 
@@ -579,7 +599,11 @@ mod tests {
             "model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":19,
             "completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0}}}"#;
         let chunk: ChatCompletionChunk = serde_json::from_str(last).unwrap();
-        assert_eq!(chunk.usage(), Some(&Usage::new(19, 10)));
+        let usage = Usage {
+            prompt_tokens_details: Some(PromptTokensDetails::default()),
+            ..Usage::new(19, 10)
+        };
+        assert_eq!(chunk.usage(), Some(&usage));
         assert_eq!(chunk.system_fingerprint, None);
     }
 
