@@ -27,6 +27,7 @@ fn config(a: &Args) -> PipelineConfig {
         .with_max_num_seqs(a.max_clients())
         .with_max_num_batched_tokens(2048)
         .with_threads(a.threads)
+        .with_prefix_caching(std::env::var("ENABLE_PREFIX_CACHING").as_deref() != Ok("false"))
         .validated()
         .expect("a valid bench configuration")
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo bench --features server,candle --bench serving -- [--threads 2] [--tokens 64]
-//!     [--clients 1,8,32] [--rounds 2] [--prefill-clients 8] [--prefill-tokens 8]
+//!     [--clients 1,8,32] [--rounds 2] [--passes 2] [--prefill-clients 8] [--prefill-tokens 8]
 //!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
 //!     [--json PATH] [--markdown PATH]
 //! ```
@@ -21,6 +21,8 @@
 //! request to the last answer), median and p99 time to first token, median time per output
 //! token after the first, the serving process's peak resident memory, and for the in-process
 //! engine its own share of its loop time (everything outside the backend's forward step).
+//! The HTTP systems run every workload back to back, `--passes` times in rotated order, best
+//! pass counting (see `systems.rs`); the in-process engine runs after them, once.
 //!
 //! Each system runs in a child process of its own (see `benches/throughput.rs` for why two
 //! llama.cpp engines must not share a process); this process only generates load.
@@ -47,6 +49,8 @@ pub(crate) struct Args {
     tokens: u32,
     clients: Vec<u32>,
     rounds: u32,
+    /// Times each workload runs on each HTTP system, interleaved; the best counts.
+    passes: u32,
     prefill_clients: u32,
     prefill_tokens: u32,
     llama_server: Option<PathBuf>,
@@ -117,6 +121,7 @@ fn args() -> Args {
         tokens: 64,
         clients: vec![1, 8, 32],
         rounds: 2,
+        passes: 2,
         prefill_clients: 8,
         prefill_tokens: 8,
         llama_server: env_path("LLM_PIPELINE_LLAMA_SERVER"),
@@ -132,6 +137,7 @@ fn args() -> Args {
         a.tokens = 4;
         a.clients = vec![1, 2];
         a.rounds = 1;
+        a.passes = 1;
         a.prefill_clients = 2;
         a.prefill_tokens = 2;
         a.systems = Some(vec!["ours".into(), "engine".into()]);
@@ -145,6 +151,7 @@ fn args() -> Args {
             "--threads" => a.threads = num(val()),
             "--tokens" => a.tokens = num(val()),
             "--rounds" => a.rounds = num(val()),
+            "--passes" => a.passes = num(val()),
             "--prefill-clients" => a.prefill_clients = num(val()),
             "--prefill-tokens" => a.prefill_tokens = num(val()),
             "--clients" => a.clients = val().split(',').map(|c| num(c.to_owned())).collect(),
@@ -194,19 +201,20 @@ fn main() {
         a.prefill_tokens,
         a.rounds
     );
-    let mut runs: Vec<Run> = Vec::new();
     let peers = [
         a.llama_server.clone().map(Peer::LlamaServer),
         a.mistralrs.clone().map(Peer::MistralRs),
     ];
+    let mut servers = Vec::new();
     for peer in peers.iter().flatten().filter(|p| a.wants(p.name())) {
-        runs.push(systems::peer(&a, peer));
+        servers.push(systems::peer(&a, peer));
     }
     if a.wants("ours") {
         for backend in child::backends() {
-            runs.push(systems::ours_http(&a, backend));
+            servers.push(systems::ours_http(&a, backend));
         }
     }
+    let mut runs: Vec<Run> = systems::interleaved(&a, servers);
     if a.wants("engine") {
         runs.push(systems::engine(&a));
     }

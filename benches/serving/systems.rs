@@ -2,9 +2,14 @@
 //! server, per backend built) and the peers users would run instead (llama.cpp's
 //! `llama-server`, mistral.rs).
 //!
-//! Every HTTP system gets the same threads, parallel sequences and per-sequence context, one
-//! warm-up request, then every workload in turn; its peak resident memory is the child's
-//! `VmHWM` after each workload (so it is cumulative over the workloads run so far).
+//! Every HTTP system gets the same threads, parallel sequences and per-sequence context and one
+//! warm-up request. All of them are started first and then take turns: each workload runs on
+//! every system before the next workload starts, `passes` times with the order rotated, and the
+//! best pass counts. The host's speed drifts (it is a VM with neighbours: 2-thread decode moved
+//! by 30% within an hour here), so systems measured back to back, best of a few, give ratios
+//! that one system-after-another sweep does not. Peak resident memory is the child's `VmHWM`
+//! after the workload (cumulative over what it ran so far). Idle servers wait on sockets and
+//! take no CPU from the one under load.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -124,29 +129,32 @@ pub(crate) fn engine(a: &Args) -> Run {
     }
 }
 
-/// Our HTTP server with `backend`, in a child process.
-pub(crate) fn ours_http(a: &Args, backend: &str) -> Run {
+/// A started HTTP system.
+pub(crate) struct Server {
+    name: String,
+    guard: KillOnDrop,
+    base: String,
+    max_seqs: u32,
+}
+
+/// Starts our HTTP server with `backend` in a child process.
+pub(crate) fn ours_http(a: &Args, backend: &str) -> Server {
     let port = free_port();
     let child = own_child(a, &["serve", &port.to_string(), backend])
         .stdout(Stdio::null())
         .spawn()
         .expect("the server child starts");
-    over_http(
-        a,
-        format!("ours: {backend}"),
-        child,
-        (port, a.max_clients()),
-    )
+    ready(format!("ours: {backend}"), child, port, a.max_clients())
 }
 
-/// A peer, in a child process.
-pub(crate) fn peer(a: &Args, peer: &Peer) -> Run {
+/// Starts a peer in a child process.
+pub(crate) fn peer(a: &Args, peer: &Peer) -> Server {
     let port = free_port();
     let child = peer.spawn(a, port);
-    over_http(a, peer.name().into(), child, (port, peer.max_seqs(a)))
+    ready(peer.name().into(), child, port, peer.max_seqs(a))
 }
 
-/// Kills the server child however `over_http` ends, a panic included: an orphaned server would
+/// Kills the server child however the run ends, a panic included: an orphaned server would
 /// hold its cores and skew every later measurement.
 struct KillOnDrop(Child);
 
@@ -157,28 +165,66 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn over_http(a: &Args, system: String, child: Child, (port, max_seqs): (u16, u32)) -> Run {
+/// Waits for the server to be healthy and sends it the warm-up request.
+fn ready(name: String, child: Child, port: u16, max_seqs: u32) -> Server {
     let mut guard = KillOnDrop(child);
-    let child = &mut guard.0;
     let base = format!("http://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(wait_healthy(&base, child, &system));
+    runtime.block_on(wait_healthy(&base, &mut guard.0, &name));
     runtime.block_on(load::run(&Target::Http(&base), &load::WARM_UP));
-    let reports = a
-        .workloads()
+    Server {
+        name,
+        guard,
+        base,
+        max_seqs,
+    }
+}
+
+/// Runs every workload on every server in turn, `passes` times with the order rotated, and
+/// keeps each system's best pass (by tokens/s) per workload. Stops the servers.
+pub(crate) fn interleaved(a: &Args, servers: Vec<Server>) -> Vec<Run> {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let workloads = a.workloads();
+    let mut best: Vec<Vec<Option<Report>>> = servers
         .iter()
-        .map(|w| {
-            if w.clients > max_seqs {
-                return None;
-            }
-            eprintln!("  {system}: {} x{}", w.mix.name(), w.clients);
-            let mut report = runtime.block_on(load::run(&Target::Http(&base), w));
-            report.peak_rss_mib = load::peak_rss_mib(child.id());
-            Some(report)
-        })
+        .map(|_| vec![None; workloads.len()])
         .collect();
-    drop(guard);
-    Run { system, reports }
+    let n = servers.len();
+    for (wi, w) in workloads.iter().enumerate() {
+        for pass in 0..a.passes {
+            for k in 0..n {
+                let i = (k + pass as usize + wi) % n;
+                let server = &servers[i];
+                if w.clients > server.max_seqs {
+                    continue;
+                }
+                eprintln!(
+                    "  {}: {} x{} (pass {})",
+                    server.name,
+                    w.mix.name(),
+                    w.clients,
+                    pass + 1
+                );
+                let mut report = runtime.block_on(load::run(&Target::Http(&server.base), w));
+                report.peak_rss_mib = load::peak_rss_mib(server.guard.0.id());
+                let slot = &mut best[i][wi];
+                if slot
+                    .as_ref()
+                    .is_none_or(|b| report.tokens_per_s > b.tokens_per_s)
+                {
+                    *slot = Some(report);
+                }
+            }
+        }
+    }
+    servers
+        .into_iter()
+        .zip(best)
+        .map(|(server, reports)| Run {
+            system: server.name,
+            reports,
+        })
+        .collect()
 }
 
 /// Polls `GET /health` until it answers 200; panics if the child exits or 5 minutes pass.

@@ -6,9 +6,9 @@
 //! needs them. Engine sequence ids are mapped to llama.cpp's sequence slots.
 //!
 //! Prefix caching: a released slot keeps its KV cells and remembers their tokens. A new
-//! sequence whose tokens start like a free slot's takes that slot, drops the cells past the
-//! common prefix and starts computing after it ([`Backend::reuse_prefix`]), as llama-server's
-//! slots do; repeated system prompts, multi-turn chats and recomputed preempted sequences skip
+//! sequence whose tokens start like a free slot's (over more than half of its tokens) takes that
+//! slot, drops the cells past the common prefix and starts computing after it
+//! ([`Backend::reuse_prefix`]), as llama-server's slots do; repeated system prompts, multi-turn chats and recomputed preempted sequences skip
 //! most of their prefill. Slots without a match are handed out least recently used first, so
 //! recent contents live longest. A slot's cells are its own stream, so what a free slot keeps
 //! takes nothing from running sequences.
@@ -352,7 +352,11 @@ impl Backend for LlamaCppBackend {
         else {
             return 0;
         };
-        if common == 0 {
+        // As llama-server decides: a slot is taken for its prefix only when that covers more
+        // than half of the new tokens. A smaller match (a shared "Document 3-" at the start of
+        // two different documents) would save a few tokens and wipe a whole cached prompt;
+        // such a sequence gets the least recently used slot instead.
+        if common == 0 || 2 * common <= tokens.len() {
             return 0;
         }
         self.free_slots.remove(at);
