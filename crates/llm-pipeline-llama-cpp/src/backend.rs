@@ -6,12 +6,13 @@
 //! needs them. Engine sequence ids are mapped to llama.cpp's sequence slots.
 //!
 //! Prefix caching: a released slot keeps its KV cells and remembers their tokens. A new
-//! sequence whose tokens start like a free slot's (over more than half of its tokens) takes that
-//! slot, drops the cells past the common prefix and starts computing after it
-//! ([`Backend::reuse_prefix`]), as llama-server's slots do; repeated system prompts, multi-turn chats and recomputed preempted sequences skip
-//! most of their prefill. Slots without a match are handed out least recently used first, so
-//! recent contents live longest. A slot's cells are its own stream, so what a free slot keeps
-//! takes nothing from running sequences.
+//! sequence whose tokens start like a free slot's (over more than half of its tokens) takes
+//! that slot, drops the cells past the common prefix and starts computing after it
+//! ([`Backend::reuse_prefix`]), as llama-server's slots do; repeated system prompts,
+//! multi-turn chats and recomputed preempted sequences skip most of their prefill. Slots
+//! without a match are handed out lowest id first, which keeps busy slots contiguous:
+//! llama.cpp batches only consecutive slots into one ubatch. A slot's cells are its own
+//! stream, so what a free slot keeps takes nothing from running sequences.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -260,12 +261,18 @@ impl LlamaCppBackend {
         if let Some(&slot) = self.slots.get(&seq) {
             return Ok(slot);
         }
-        let slot = self
+        // The lowest free slot, so that busy slots stay contiguous (see `forward`); a prefix
+        // match (`reuse_prefix`) may still pick any slot.
+        let at = self
             .free_slots
-            .pop_front()
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &slot)| slot)
+            .map(|(at, _)| at)
             .ok_or(LlamaCppError::TooManySequences {
                 max: self.info.max_seqs,
             })?;
+        let slot = self.free_slots.remove(at).expect("an index found above");
         self.forget(slot);
         self.slots.insert(seq, slot);
         Ok(slot)
@@ -297,18 +304,28 @@ impl Backend for LlamaCppBackend {
         logits: &mut Logits,
     ) -> Result<(), LlamaCppError> {
         self.batch.clear();
-        let mut rows = Vec::with_capacity(batch.len());
-        for entry in batch {
-            let slot = self.slot(entry.seq)?;
+        // In slot order: with one KV stream per slot, llama.cpp puts into one ubatch only
+        // sequences whose slot ids follow each other in the batch (`split_equal` with
+        // `sequential`), and every ubatch reads all the weights again. In engine order, 32
+        // decoding sequences cost up to 32 ubatches; in slot order, as many as there are gaps
+        // between busy slots. Logits still come out in engine order.
+        let mut order = Vec::with_capacity(batch.len());
+        for (i, entry) in batch.iter().enumerate() {
+            order.push((self.slot(entry.seq)?, i));
+        }
+        order.sort_unstable();
+        let mut rows = vec![None; batch.len()];
+        for &(slot, i) in &order {
+            let entry = &batch[i];
             let last = entry.tokens.len().saturating_sub(1);
-            for (i, &token) in entry.tokens.iter().enumerate() {
-                let wants = entry.wants_logits && i == last;
-                let pos = (entry.start as usize + i) as i32;
+            for (t, &token) in entry.tokens.iter().enumerate() {
+                let wants = entry.wants_logits && t == last;
+                let pos = (entry.start as usize + t) as i32;
                 self.batch
                     .add(LlamaToken(token as i32), pos, &[slot], wants)
                     .map_err(|e| LlamaCppError::Batch { source: e })?;
                 if wants {
-                    rows.push(self.batch.n_tokens() - 1);
+                    rows[i] = Some(self.batch.n_tokens() - 1);
                 }
             }
         }
@@ -326,7 +343,7 @@ impl Backend for LlamaCppBackend {
             cached.truncate(entry.start as usize);
             cached.extend_from_slice(entry.tokens);
         }
-        for i in rows {
+        for i in rows.into_iter().flatten() {
             logits.push_row(self.ctx.get_logits_ith(i));
         }
         Ok(())
@@ -355,7 +372,7 @@ impl Backend for LlamaCppBackend {
         // As llama-server decides: a slot is taken for its prefix only when that covers more
         // than half of the new tokens. A smaller match (a shared "Document 3-" at the start of
         // two different documents) would save a few tokens and wipe a whole cached prompt;
-        // such a sequence gets the least recently used slot instead.
+        // such a sequence gets the lowest free slot instead.
         if common == 0 || 2 * common <= tokens.len() {
             return 0;
         }
