@@ -58,13 +58,14 @@ impl Mix {
         }
     }
 
-    /// What client `c` asks in round `r`.
-    pub(crate) fn prompt(self, c: u32, r: u32) -> String {
+    /// What client `c` asks in round `r` of pass `pass`. Chat prompts repeat, as a service's
+    /// system prompts and common questions do; prefill prompts are new in every pass too.
+    pub(crate) fn prompt(self, c: u32, r: u32, pass: u32) -> String {
         match self {
             Self::Chat => PROMPTS[(c + r) as usize % PROMPTS.len()].to_owned(),
-            Self::Prefill => {
-                format!("Document {c}-{r}. {DOCUMENT} Summarize the document in one sentence.")
-            }
+            Self::Prefill => format!(
+                "Document {pass}-{c}-{r}. {DOCUMENT} Summarize the document in one sentence."
+            ),
         }
     }
 }
@@ -78,6 +79,8 @@ pub(crate) struct Load {
     pub(crate) clients: u32,
     /// Requests each client sends, one after another.
     pub(crate) rounds: u32,
+    /// Which pass over the workloads this is (see [`Mix::prompt`]).
+    pub(crate) pass: u32,
     /// `max_tokens` of every request.
     pub(crate) max_tokens: u32,
 }
@@ -87,6 +90,7 @@ pub(crate) const WARM_UP: Load = Load {
     mix: Mix::Chat,
     clients: 1,
     rounds: 1,
+    pass: 0,
     max_tokens: 4,
 };
 
@@ -188,7 +192,7 @@ pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
         async move {
             let mut samples = Vec::new();
             for r in 0..load.rounds {
-                let prompt = load.mix.prompt(c, r);
+                let prompt = load.mix.prompt(c, r, load.pass);
                 let request = request("", &prompt, load.max_tokens);
                 samples.push(match target {
                     Target::Pipeline(p) => one_in_process(p, request).await,

@@ -79,12 +79,14 @@ impl Args {
             mix: Mix::Chat,
             clients,
             rounds: self.rounds,
+            pass: 0,
             max_tokens: self.tokens,
         });
         let prefill = (self.prefill_clients > 0).then_some(Load {
             mix: Mix::Prefill,
             clients: self.prefill_clients,
             rounds: self.rounds,
+            pass: 0,
             max_tokens: self.prefill_tokens,
         });
         chat.chain(prefill).collect()

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::load::{self, Report, Target};
+use crate::load::{self, Load, Report, Target};
 use crate::{Args, MAX_MODEL_LEN, model_path};
 
 /// One system's figures, one report per workload.
@@ -205,7 +205,8 @@ pub(crate) fn interleaved(a: &Args, servers: Vec<Server>) -> Vec<Run> {
                     w.clients,
                     pass + 1
                 );
-                let mut report = runtime.block_on(load::run(&Target::Http(&server.base), w));
+                let w = Load { pass, ..*w };
+                let mut report = runtime.block_on(load::run(&Target::Http(&server.base), &w));
                 report.peak_rss_mib = load::peak_rss_mib(server.guard.0.id());
                 let slot = &mut best[i][wi];
                 if slot
