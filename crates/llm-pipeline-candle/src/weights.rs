@@ -300,44 +300,12 @@ pub(crate) fn load_safetensors(
             .map_err(CandleError::candle("reading safetensors"))?;
         map.extend(tensors);
     }
-    let mut b = Builder {
+    let b = Builder {
         source: Source::Safetensors(map),
         plan,
         memory: WeightMemory::default(),
     };
-    let embed = b.dense("model.embed_tokens.weight")?;
-    let mut layers = Vec::with_capacity(config.num_layers);
-    for i in 0..config.num_layers {
-        let p = format!("model.layers.{i}");
-        let lin = |b: &mut Builder<'_>, name: &str| {
-            b.linear(&format!("{p}.{name}.weight"), &format!("{p}.{name}.bias"))
-        };
-        layers.push(LayerWeights {
-            attn_norm: b.dense(&format!("{p}.input_layernorm.weight"))?,
-            q: lin(&mut b, "self_attn.q_proj")?,
-            k: lin(&mut b, "self_attn.k_proj")?,
-            v: lin(&mut b, "self_attn.v_proj")?,
-            o: lin(&mut b, "self_attn.o_proj")?,
-            mlp_norm: b.dense(&format!("{p}.post_attention_layernorm.weight"))?,
-            gate: lin(&mut b, "mlp.gate_proj")?,
-            up: lin(&mut b, "mlp.up_proj")?,
-            down: lin(&mut b, "mlp.down_proj")?,
-        });
-    }
-    let norm = b.dense("model.norm.weight")?;
-    let head = if config.tie_word_embeddings || !b.has("lm_head.weight") {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    let lm_head = b.linear(head, "lm_head.bias")?;
-    Ok(ModelWeights {
-        embed,
-        layers,
-        norm,
-        lm_head,
-        memory: b.memory,
-    })
+    build(b, config, &HF_NAMES, config.tie_word_embeddings)
 }
 
 /// A GGUF file opened for loading: its metadata and tensor directory, read once.
@@ -400,7 +368,7 @@ pub(crate) fn load_gguf(
     config: &ModelConfig,
     plan: &LoadPlan,
 ) -> Result<ModelWeights, CandleError> {
-    let mut b = Builder {
+    let b = Builder {
         source: Source::Gguf {
             content: gguf.content,
             file: gguf.file,
@@ -408,32 +376,99 @@ pub(crate) fn load_gguf(
         plan,
         memory: WeightMemory::default(),
     };
-    let embed = b.dense("token_embd.weight")?;
+    build(b, config, &GGUF_NAMES, false)
+}
+
+/// Where a weight format keeps each tensor of a Llama-family decoder.
+struct TensorNames {
+    embed: &'static str,
+    /// Layer `i`'s tensors are `{layer}.{i}.{name}.weight` (and `.bias`).
+    layer: &'static str,
+    attn_norm: &'static str,
+    q: &'static str,
+    k: &'static str,
+    v: &'static str,
+    o: &'static str,
+    mlp_norm: &'static str,
+    gate: &'static str,
+    up: &'static str,
+    down: &'static str,
+    norm: &'static str,
+    /// The untied LM head; the embedding serves when it is tied or absent.
+    head: &'static str,
+    head_bias: &'static str,
+}
+
+/// Hugging Face's names, in safetensors.
+const HF_NAMES: TensorNames = TensorNames {
+    embed: "model.embed_tokens.weight",
+    layer: "model.layers",
+    attn_norm: "input_layernorm",
+    q: "self_attn.q_proj",
+    k: "self_attn.k_proj",
+    v: "self_attn.v_proj",
+    o: "self_attn.o_proj",
+    mlp_norm: "post_attention_layernorm",
+    gate: "mlp.gate_proj",
+    up: "mlp.up_proj",
+    down: "mlp.down_proj",
+    norm: "model.norm.weight",
+    head: "lm_head.weight",
+    head_bias: "lm_head.bias",
+};
+
+/// llama.cpp's names, in GGUF.
+const GGUF_NAMES: TensorNames = TensorNames {
+    embed: "token_embd.weight",
+    layer: "blk",
+    attn_norm: "attn_norm",
+    q: "attn_q",
+    k: "attn_k",
+    v: "attn_v",
+    o: "attn_output",
+    mlp_norm: "ffn_norm",
+    gate: "ffn_gate",
+    up: "ffn_up",
+    down: "ffn_down",
+    norm: "output_norm.weight",
+    head: "output.weight",
+    head_bias: "output.bias",
+};
+
+/// Loads every tensor of the model through `b`, under `names`; `tied` forces the embedding
+/// to serve as the LM head.
+fn build(
+    mut b: Builder<'_>,
+    config: &ModelConfig,
+    names: &TensorNames,
+    tied: bool,
+) -> Result<ModelWeights, CandleError> {
+    let embed = b.dense(names.embed)?;
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
-        let p = format!("blk.{i}");
+        let p = format!("{}.{i}", names.layer);
         let lin = |b: &mut Builder<'_>, name: &str| {
             b.linear(&format!("{p}.{name}.weight"), &format!("{p}.{name}.bias"))
         };
         layers.push(LayerWeights {
-            attn_norm: b.dense(&format!("{p}.attn_norm.weight"))?,
-            q: lin(&mut b, "attn_q")?,
-            k: lin(&mut b, "attn_k")?,
-            v: lin(&mut b, "attn_v")?,
-            o: lin(&mut b, "attn_output")?,
-            mlp_norm: b.dense(&format!("{p}.ffn_norm.weight"))?,
-            gate: lin(&mut b, "ffn_gate")?,
-            up: lin(&mut b, "ffn_up")?,
-            down: lin(&mut b, "ffn_down")?,
+            attn_norm: b.dense(&format!("{p}.{}.weight", names.attn_norm))?,
+            q: lin(&mut b, names.q)?,
+            k: lin(&mut b, names.k)?,
+            v: lin(&mut b, names.v)?,
+            o: lin(&mut b, names.o)?,
+            mlp_norm: b.dense(&format!("{p}.{}.weight", names.mlp_norm))?,
+            gate: lin(&mut b, names.gate)?,
+            up: lin(&mut b, names.up)?,
+            down: lin(&mut b, names.down)?,
         });
     }
-    let norm = b.dense("output_norm.weight")?;
-    let head = if b.has("output.weight") {
-        "output.weight"
+    let norm = b.dense(names.norm)?;
+    let head = if !tied && b.has(names.head) {
+        names.head
     } else {
-        "token_embd.weight"
+        names.embed
     };
-    let lm_head = b.linear(head, "output.bias")?;
+    let lm_head = b.linear(head, names.head_bias)?;
     Ok(ModelWeights {
         embed,
         layers,
