@@ -19,15 +19,16 @@ pub(crate) fn backends() -> impl Iterator<Item = &'static str> {
         .filter(|name| *name != "ort")
 }
 
-/// The same configuration for every system: all clients fit in the running set.
+/// The same configuration for every system: all clients fit in the running set. The rest comes
+/// from the environment as in a server (`ENABLE_PREFIX_CACHING=false` turns prefix caching off).
 fn config(a: &Args) -> PipelineConfig {
-    PipelineConfig::default()
+    PipelineConfig::from_env()
+        .expect("the environment's settings parse")
         .with_model_id(model_path())
         .with_max_model_len(MAX_MODEL_LEN)
         .with_max_num_seqs(a.max_clients())
         .with_max_num_batched_tokens(2048)
         .with_threads(a.threads)
-        .with_prefix_caching(std::env::var("ENABLE_PREFIX_CACHING").as_deref() != Ok("false"))
         .validated()
         .expect("a valid bench configuration")
 }

@@ -1,6 +1,7 @@
 //! The load generator: concurrent streamed chat requests against a pipeline in this process or
 //! any OpenAI-compatible server, and the figures serving benchmarks report.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -8,17 +9,11 @@ use llm_pipeline::core::openai::{ChatCompletionRequest, ChatMessage};
 use llm_pipeline::core::pipeline::{EnginePipeline, Pipeline};
 use serde_json::Value;
 
-/// Chat prompts; client `c` in round `r` asks `PROMPTS[(c + r) % len]`.
-pub(crate) const PROMPTS: [&str; 8] = [
-    "Write a story about a lighthouse keeper.",
-    "Explain how a bicycle works.",
-    "Describe a walk through a forest in autumn.",
-    "Write a letter to a friend about a trip to the mountains.",
-    "Explain why the sky is blue.",
-    "Tell me about the history of bread.",
-    "Describe the life of a honey bee.",
-    "Write a poem about the sea.",
-];
+/// Chat prompts (`prompts.json`, which the GPU check ships too); client `c` in round `r` asks
+/// `PROMPTS[(c + r) % len]`.
+pub(crate) static PROMPTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("prompts.json")).expect("prompts.json is a list of strings")
+});
 
 /// The shared body of the prefill-heavy prompts: about 300 tokens of SmolLM2's vocabulary.
 const DOCUMENT: &str = "The harbour town of Wrenmouth grew up around a narrow inlet on a rocky coast. \
@@ -62,7 +57,7 @@ impl Mix {
     /// system prompts and common questions do; prefill prompts are new in every pass too.
     pub(crate) fn prompt(self, c: u32, r: u32, pass: u32) -> String {
         match self {
-            Self::Chat => PROMPTS[(c + r) as usize % PROMPTS.len()].to_owned(),
+            Self::Chat => PROMPTS[(c + r) as usize % PROMPTS.len()].clone(),
             Self::Prefill => format!(
                 "Document {pass}-{c}-{r}. {DOCUMENT} Summarize the document in one sentence."
             ),

@@ -14,10 +14,15 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use crate::load::{self, Load, Report, Target};
 use crate::{Args, MAX_MODEL_LEN, model_path};
+
+/// The clients' runtime, shared by every server's start and every workload.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> =
+    LazyLock::new(|| tokio::runtime::Runtime::new().expect("a runtime"));
 
 /// One system's figures, one report per workload.
 #[derive(Debug)]
@@ -169,9 +174,8 @@ impl Drop for KillOnDrop {
 fn ready(name: String, child: Child, port: u16, max_seqs: u32) -> Server {
     let mut guard = KillOnDrop(child);
     let base = format!("http://127.0.0.1:{port}");
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(wait_healthy(&base, &mut guard.0, &name));
-    runtime.block_on(load::run(&Target::Http(&base), &load::WARM_UP));
+    RUNTIME.block_on(wait_healthy(&base, &mut guard.0, &name));
+    RUNTIME.block_on(load::run(&Target::Http(&base), &load::WARM_UP));
     Server {
         name,
         guard,
@@ -183,7 +187,6 @@ fn ready(name: String, child: Child, port: u16, max_seqs: u32) -> Server {
 /// Runs every workload on every server in turn, `passes` times with the order rotated, and
 /// keeps each system's best pass (by tokens/s) per workload. Stops the servers.
 pub(crate) fn interleaved(a: &Args, servers: Vec<Server>) -> Vec<Run> {
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let workloads = a.workloads();
     let mut best: Vec<Vec<Option<Report>>> = servers
         .iter()
@@ -206,7 +209,7 @@ pub(crate) fn interleaved(a: &Args, servers: Vec<Server>) -> Vec<Run> {
                     pass + 1
                 );
                 let w = Load { pass, ..*w };
-                let mut report = runtime.block_on(load::run(&Target::Http(&server.base), &w));
+                let mut report = RUNTIME.block_on(load::run(&Target::Http(&server.base), &w));
                 report.peak_rss_mib = load::peak_rss_mib(server.guard.0.id());
                 let slot = &mut best[i][wi];
                 if slot

@@ -1,17 +1,22 @@
-//! The candle and llama.cpp backends agree on SmolLM2: the first 16 greedy tokens of a set of
-//! prompts, on the same GGUF file, the same token ids in and the same argmax out.
+//! Every other backend agrees with llama.cpp on SmolLM2: the first 16 greedy tokens of a set of
+//! chat prompts, the same token ids in and the same argmax out. candle reads the very GGUF
+//! llama.cpp runs; ONNX Runtime runs the export `cargo xtask models` makes from it (its Q4_1
+//! weights dequantized to f32).
 //!
-//! Both backends run through the core's `Backend` trait, token by token, so the comparison sees
-//! the models and nothing else (no sampling, templates or text). Where they part, the test
-//! reports the first divergence: the step, both tokens, and the logit gap, i.e. how far the
-//! other backend's choice is below its own top logit, for each side. Two different kernels on a
-//! 4-bit model can legitimately swap two near-tied tokens, so a divergence where both gaps are
-//! tiny is reported as a near-tie rather than failed.
+//! Every backend runs through the core's `Backend` trait, token by token, so the comparison sees
+//! the models and nothing else (no sampling or text). Where two backends part, the test reports
+//! the first divergence: the step, both tokens, and the logit gap, i.e. how far the other
+//! backend's choice is below its own top logit, on each side. Different kernels on a 4-bit model
+//! can legitimately swap two near-tied tokens (llama.cpp quantizes activations to 8 bits per
+//! 32-block, candle's exact path and the f32 export do not), so a divergence where both gaps are
+//! below [`NEAR_TIE`] is reported as a near-tie rather than failed.
 
-use llm_pipeline::candle::{CandleBackend, GgufKernels, LoadOptions};
+use std::path::Path;
+
 use llm_pipeline::core::backend::{Backend, BatchEntry, Logits};
 use llm_pipeline::core::config::PipelineConfig;
 use llm_pipeline::core::gguf::GgufMetadata;
+use llm_pipeline::core::template::{ChatMessage, ChatTemplate, SpecialTokenText};
 use llm_pipeline::core::tokenizer::Tokenizer;
 use llm_pipeline::llama_cpp::LlamaCppBackend;
 
@@ -32,36 +37,113 @@ const PROMPTS: [&str; 4] = [
 /// Tokens compared per prompt.
 const STEPS: usize = 16;
 
-/// A divergence whose logit gaps are both below this is a near-tie between kernels. The two
-/// backends quantize activations differently (llama.cpp to 8 bits per 32-block, candle's exact
-/// path not at all), which moves SmolLM2's logits by up to ~1.4 between candle's own kernel
-/// choices; 0.5 is the threshold the ONNX Runtime comparison uses too. A wrong model (rotary
-/// layout, norm, attention) parts at the first tokens by several logits.
+/// A divergence whose logit gaps are both below this is a near-tie between kernels: candle's
+/// own kernel choices move SmolLM2's logits by up to ~1.4, while a wrong model (rotary layout,
+/// norm, attention) parts at the first tokens by several logits.
 const NEAR_TIE: f32 = 0.5;
 
-fn config() -> PipelineConfig {
+/// One sequence, 512 tokens: the same limits for every backend.
+fn config(model: &Path) -> PipelineConfig {
     PipelineConfig::default()
-        .with_model_id(support::smollm2().to_string_lossy())
+        .with_model_id(model.to_string_lossy())
         .with_max_model_len(512)
         .with_max_num_seqs(1)
         .with_max_num_batched_tokens(512)
         .with_threads(2)
-        .with_cpu_kv_cache_bytes(64 << 20)
+        .with_cpu_kv_cache_bytes(256 << 20)
         .validated()
         .expect("a valid test configuration")
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i as u32)
+/// The reference side: llama.cpp, the GGUF's tokenizer, and the prompts in its chat template.
+struct Reference {
+    llama: LlamaCppBackend,
+    tokenizer: Tokenizer,
+    prompts: Vec<Vec<u32>>,
+}
+
+impl Reference {
+    fn load() -> Self {
+        let gguf = support::smollm2();
+        let meta = GgufMetadata::from_path(&gguf).expect("the GGUF reads");
+        let tokenizer = Tokenizer::from_gguf(&meta).expect("the GGUF has a tokenizer");
+        let special = tokenizer.special();
+        let template = ChatTemplate::new(
+            meta.chat_template()
+                .unwrap()
+                .expect("the GGUF has a chat template"),
+            SpecialTokenText {
+                bos: special.bos_text.clone().unwrap_or_default(),
+                eos: special.eos_text.clone().unwrap_or_default(),
+            },
+        )
+        .unwrap();
+        let prompts = PROMPTS
+            .iter()
+            .map(|prompt| {
+                let text = template
+                    .render(&[
+                        ChatMessage {
+                            role: "system",
+                            content: "You are a helpful assistant.",
+                        },
+                        ChatMessage {
+                            role: "user",
+                            content: prompt,
+                        },
+                    ])
+                    .unwrap();
+                tokenizer.encode_prompt(&text).unwrap()
+            })
+            .collect();
+        let llama = LlamaCppBackend::load(&gguf, &config(&gguf)).expect("llama.cpp loads");
+        Self {
+            llama,
+            tokenizer,
+            prompts,
+        }
+    }
+
+    /// Compares `backend` with llama.cpp on every prompt: one report line per prompt, and the
+    /// number of divergences beyond a near-tie.
+    fn compare(&mut self, label: &str, backend: &mut impl Backend) -> (Vec<String>, usize) {
+        let (mut report, mut failures) = (Vec::new(), 0);
+        for (prompt, ids) in PROMPTS.iter().zip(&self.prompts) {
+            let (want, want_rows) = greedy(&mut self.llama, ids);
+            let (got, got_rows) = greedy(backend, ids);
+            let Some(step) = want.iter().zip(&got).position(|(a, b)| a != b) else {
+                let spread = want_rows
+                    .iter()
+                    .zip(&got_rows)
+                    .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+                    .fold(0.0, f32::max);
+                report.push(format!(
+                    "{label} {prompt:?}: all {STEPS} tokens agree (largest logit difference \
+                     {spread:.3})"
+                ));
+                continue;
+            };
+            let (l, o) = (want[step], got[step]);
+            let their_gap = gap(&got_rows[step], l);
+            let llama_gap = gap(&want_rows[step], o);
+            let tie = their_gap < NEAR_TIE && llama_gap < NEAR_TIE;
+            report.push(format!(
+                "{label} {prompt:?}: first divergence at token {step}: llama.cpp {l} ({:?}), \
+                 {label} {o} ({:?}); {label} ranks llama.cpp's token {their_gap:.4} below its \
+                 top, llama.cpp ranks {label}'s {llama_gap:.4} below its top{}",
+                self.tokenizer.token_text(l).unwrap_or_default(),
+                self.tokenizer.token_text(o).unwrap_or_default(),
+                if tie { " (near-tie)" } else { "" }
+            ));
+            failures += usize::from(!tie);
+        }
+        (report, failures)
+    }
 }
 
 /// Greedy decoding of `STEPS` tokens; returns the tokens and each step's logits.
-fn greedy<B: Backend>(backend: &mut B, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let vocab = backend.info().vocab_size;
-    let mut logits = Logits::new(vocab);
+fn greedy(backend: &mut impl Backend, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut logits = Logits::new(backend.info().vocab_size);
     let (mut tokens, mut rows) = (Vec::new(), Vec::new());
     let mut input = prompt.to_vec();
     let mut start = 0u32;
@@ -87,54 +169,19 @@ fn greedy<B: Backend>(backend: &mut B, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32
     (tokens, rows)
 }
 
-#[test]
-fn candle_and_llama_cpp_agree_on_the_first_greedy_tokens() {
-    let path = support::smollm2();
-    let cfg = config();
-    let meta = GgufMetadata::from_path(&path).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
-    let mut llama = LlamaCppBackend::load(&path, &cfg).expect("llama.cpp loads SmolLM2");
-    let mut report = Vec::new();
-    let mut failures = 0;
-    for kernels in [
-        GgufKernels::Auto,
-        GgufKernels::RequantizeToQ8_0,
-        GgufKernels::Candle,
-    ] {
-        let options = LoadOptions::default().with_kernels(kernels);
-        let mut candle =
-            CandleBackend::load_with(&path, &cfg, options).expect("candle loads SmolLM2");
-        for text in PROMPTS {
-            let prompt = tokenizer
-                .encode_prompt(&format!(
-                    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
-                     <|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
-                ))
-                .unwrap();
-            let (ours, our_rows) = greedy(&mut candle, &prompt);
-            let (theirs, their_rows) = greedy(&mut llama, &prompt);
-            let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) else {
-                report.push(format!("{kernels:?} {text:?}: all {STEPS} tokens agree"));
-                continue;
-            };
-            let (a, b) = (ours[i] as usize, theirs[i] as usize);
-            // How much lower each side scores the other's choice than its own.
-            let candle_gap = our_rows[i][a] - our_rows[i][b];
-            let llama_gap = their_rows[i][b] - their_rows[i][a];
-            let tie = candle_gap < NEAR_TIE && llama_gap < NEAR_TIE;
-            report.push(format!(
-                "{kernels:?} {text:?}: first divergence at token {i}: candle {a} \
-                 ({:?}) vs llama.cpp {b} ({:?}); logit gap candle {candle_gap:.4}, \
-                 llama.cpp {llama_gap:.4}{}",
-                tokenizer.token_text(a as u32).unwrap_or_default(),
-                tokenizer.token_text(b as u32).unwrap_or_default(),
-                if tie { " (near-tie)" } else { "" }
-            ));
-            if !tie {
-                failures += 1;
-            }
-        }
-    }
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
+}
+
+/// How far `token` is below the row's top logit.
+fn gap(row: &[f32], token: u32) -> f32 {
+    row[argmax(row) as usize] - row[token as usize]
+}
+
+fn assert_agreement(report: &[String], failures: usize) {
     eprintln!("{}", report.join("\n"));
     assert_eq!(
         failures,
@@ -142,4 +189,40 @@ fn candle_and_llama_cpp_agree_on_the_first_greedy_tokens() {
         "divergences beyond a near-tie:\n{}",
         report.join("\n")
     );
+}
+
+#[cfg(feature = "candle")]
+#[test]
+fn candle_agrees_with_llama_cpp_on_the_first_greedy_tokens() {
+    use llm_pipeline::candle::{CandleBackend, GgufKernels, LoadOptions};
+
+    let mut reference = Reference::load();
+    let gguf = support::smollm2();
+    let (mut report, mut failures) = (Vec::new(), 0);
+    for kernels in [
+        GgufKernels::Auto,
+        GgufKernels::RequantizeToQ8_0,
+        GgufKernels::Candle,
+    ] {
+        let options = LoadOptions::default().with_kernels(kernels);
+        let mut candle =
+            CandleBackend::load_with(&gguf, &config(&gguf), options).expect("candle loads");
+        let (lines, n) = reference.compare(&format!("candle {kernels:?}"), &mut candle);
+        report.extend(lines);
+        failures += n;
+    }
+    assert_agreement(&report, failures);
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn ort_agrees_with_llama_cpp_on_the_first_greedy_tokens() {
+    use llm_pipeline::ort::{OrtBackend, OrtOptions};
+
+    let mut reference = Reference::load();
+    let onnx = support::fixture("LLM_PIPELINE_ONNX_SMOLLM2", "onnx/smollm2-135m-instruct");
+    let mut ort = OrtBackend::open(&onnx, &config(&onnx), &OrtOptions::default())
+        .expect("the ONNX export loads");
+    let (report, failures) = reference.compare("ORT", &mut ort);
+    assert_agreement(&report, failures);
 }

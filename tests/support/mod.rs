@@ -4,21 +4,33 @@ use std::path::PathBuf;
 
 use llm_pipeline::core::config::PipelineConfig;
 
-/// The SmolLM2 GGUF: `$LLM_PIPELINE_SMOLLM2`, or the xtask cache.
-pub(crate) fn smollm2() -> PathBuf {
-    let path = std::env::var_os("LLM_PIPELINE_SMOLLM2")
+/// The xtask's model cache: `$LLM_PIPELINE_CACHE/models`, by default under `~/.cache`.
+pub(crate) fn models_dir() -> PathBuf {
+    std::env::var_os("LLM_PIPELINE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home =
                 std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-            home.join(".cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+            home.join(".cache/llm-pipeline")
+        })
+        .join("models")
+}
+
+/// A fixture: `$var` if set, else `cached` under [`models_dir`]; panics naming the xtask that
+/// makes it when it is missing.
+pub(crate) fn fixture(var: &str, cached: &str) -> PathBuf {
+    let path = std::env::var_os(var).map_or_else(|| models_dir().join(cached), PathBuf::from);
     assert!(
-        path.is_file(),
+        path.exists(),
         "{} is missing: run `cargo xtask models` (or `cargo xtask test`)",
         path.display()
     );
     path
+}
+
+/// The SmolLM2 GGUF: `$LLM_PIPELINE_SMOLLM2`, or the xtask cache.
+pub(crate) fn smollm2() -> PathBuf {
+    fixture("LLM_PIPELINE_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// A small configuration: 2 threads, `seqs` sequences of `max_model_len` tokens.

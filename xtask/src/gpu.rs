@@ -34,17 +34,9 @@ const SCRIPTS: [&str; 5] = [
     "report.py",
 ];
 
-/// The user messages of the bench; sequence `c` asks `PROMPTS[c % len]`, in every system.
-const PROMPTS: [&str; 8] = [
-    "Write a story about a lighthouse keeper.",
-    "Explain how a bicycle works.",
-    "Describe a walk through a forest in autumn.",
-    "Write a letter to a friend about a trip to the mountains.",
-    "Explain why the sky is blue.",
-    "Tell me about the history of bread.",
-    "Describe the life of a honey bee.",
-    "Write a poem about the sea.",
-];
+/// The user messages of the bench, shared with the serving bench; sequence `c` asks
+/// `prompts[c % len]`, in every system.
+const PROMPTS: &str = "benches/serving/prompts.json";
 
 /// The tiny ONNX export's files the ORT CUDA smoke run needs.
 const ORT_TINY_FILES: [&str; 5] = [
@@ -104,15 +96,8 @@ pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
         std::fs::copy(sources.join(script), out.join(script))
             .with_context(|| format!("copying {script}"))?;
     }
-    let prompts = format!(
-        "[\n{}\n]\n",
-        PROMPTS
-            .iter()
-            .map(|p| format!("  {p:?}"))
-            .collect::<Vec<_>>()
-            .join(",\n")
-    );
-    std::fs::write(out.join("prompts.json"), prompts)?;
+    std::fs::copy(workspace_root().join(PROMPTS), out.join("prompts.json"))
+        .with_context(|| format!("copying {PROMPTS}"))?;
     let tiny = onnx::fixtures(&smollm2()?)?.tiny;
     std::fs::create_dir_all(out.join("ort-tiny"))?;
     for file in ORT_TINY_FILES {
