@@ -208,17 +208,44 @@ async fn concurrent_requests_equal_each_alone() {
 /// earlier request computed, and answer exactly as a pipeline without the cache does.
 #[tokio::test]
 async fn cached_prefixes_are_reused_and_change_no_answer() {
+    prefix_caching_case("llama-cpp", Answers::Same).await;
+}
+
+/// The same counts with the candle backend, whose released caches are kept whole and copied or
+/// taken over by later sequences. Its answers are not compared with the uncached pipeline's:
+/// candle's linear layers run a whole chunk's tokens as one matrix, so a prompt computed in
+/// other chunks (cached part, then the rest) differs in the last bits, enough to flip a near-tie
+/// of SmolLM2 on some CPUs. That reuse itself changes nothing is checked bit for bit on the
+/// candle crate's tiny model (`reused_prefixes_give_the_logits_of_computing_them`).
+#[cfg(feature = "candle")]
+#[tokio::test]
+async fn candle_reuses_cached_prefixes() {
+    prefix_caching_case("candle", Answers::NotCompared).await;
+}
+
+/// Whether [`prefix_caching_case`] compares answers with and without the cache.
+#[derive(PartialEq)]
+enum Answers {
+    Same,
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    NotCompared,
+}
+
+async fn prefix_caching_case(backend: &str, answers: Answers) {
+    let same = answers == Answers::Same;
     use llm_pipeline::core::openai::ChatMessage;
-    let cached = llm_pipeline::llama_cpp::load(&common::config(1024, 2)).unwrap();
+    let cached = llm_pipeline::load(backend, &common::config(1024, 2)).unwrap();
     let fresh =
-        llm_pipeline::llama_cpp::load(&common::config(1024, 2).with_prefix_caching(false)).unwrap();
+        llm_pipeline::load(backend, &common::config(1024, 2).with_prefix_caching(false)).unwrap();
     let first = sys("Name a large city in Europe.")
         .with_max_tokens(16)
         .with_temperature(0.0);
     let a = cached.chat(first.clone()).await.unwrap();
     assert_eq!(a.usage.prompt_tokens_details, None, "nothing cached yet");
     let again = cached.chat(first.clone()).await.unwrap();
-    assert_eq!(text(&again), text(&a));
+    if same {
+        assert_eq!(text(&again), text(&a));
+    }
     let details = again
         .usage
         .prompt_tokens_details
@@ -241,7 +268,14 @@ async fn cached_prefixes_are_reused_and_change_no_answer() {
     );
     let reference = fresh.chat(turn).await.unwrap();
     assert_eq!(reference.usage.prompt_tokens_details, None);
-    assert_eq!(text(&next), text(&reference));
+    eprintln!(
+        "{backend}: next turn {:?} with {reused} tokens cached, {:?} without",
+        text(&next),
+        text(&reference)
+    );
+    if same {
+        assert_eq!(text(&next), text(&reference));
+    }
     assert_eq!(
         cached.engine().stats().cached_tokens,
         u64::from(details.cached_tokens + reused)

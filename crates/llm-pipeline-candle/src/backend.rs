@@ -141,8 +141,9 @@ impl CandleBackend {
                 ),
             });
         }
-        let kv =
-            KvPool::new(shape, model.dtype(), device.clone(), capacity).with_max_len(positions);
+        let kv = KvPool::new(shape, model.dtype(), device.clone(), capacity)
+            .with_max_len(positions)
+            .with_prefix_caching(config.prefix_caching);
         let memory = model.weights.memory;
         let info = BackendInfo {
             vocab_size: model.config.vocab_size,
@@ -189,6 +190,12 @@ impl CandleBackend {
     pub fn live_sequences(&self) -> usize {
         self.kv.len()
     }
+
+    /// KV cells of released sequences kept for prefix caching (`ENABLE_PREFIX_CACHING`); live
+    /// sequences take them back when they need room.
+    pub fn kv_cells_retained(&self) -> usize {
+        self.kv.retained()
+    }
 }
 
 impl Backend for CandleBackend {
@@ -219,6 +226,10 @@ impl Backend for CandleBackend {
 
     fn release(&mut self, seq: SeqId) {
         self.kv.release(seq);
+    }
+
+    fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
+        self.kv.reuse(seq, tokens) as u32
     }
 }
 

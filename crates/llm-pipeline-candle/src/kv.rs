@@ -7,8 +7,16 @@
 //! being preallocated at `MAX_MODEL_LEN`, so short requests do not reserve long ones' memory.
 //! Every cell allocated counts against the capacity reported to the engine, and the last chunk
 //! is trimmed to what is free, so the allocated total never exceeds that capacity.
+//!
+//! Prefix caching: with it on, a released sequence's cache is retained with the tokens it holds,
+//! oldest first, and stops counting against the capacity: any live sequence that needs room
+//! evicts retained caches, oldest first. A new sequence whose tokens start like a retained cache
+//! takes it over when the whole retained cache is its prefix (a next chat turn, a preempted
+//! sequence coming back), and otherwise gets a copy of the common cells (a shared system
+//! prompt), which leaves the retained cache for others. Copying a cell costs a small fraction of
+//! computing it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use candle_core::{DType, Device, Tensor};
 use llm_pipeline_core::backend::SeqId;
@@ -32,6 +40,8 @@ struct SeqCache {
     len: usize,
     /// Cells allocated.
     cap: usize,
+    /// The tokens of the first `len` cells (kept with prefix caching only).
+    tokens: Vec<u32>,
     /// Per layer: keys and values, each `(kv_heads, cap, head_dim)`.
     layers: Vec<(Tensor, Tensor)>,
 }
@@ -44,8 +54,14 @@ pub(crate) struct KvPool {
     device: Device,
     capacity: usize,
     max_len: usize,
+    /// Cells of live sequences.
     allocated: usize,
     seqs: HashMap<SeqId, SeqCache>,
+    prefix_caching: bool,
+    /// Released caches kept for prefix caching, oldest first.
+    retained: VecDeque<SeqCache>,
+    /// Their cells: within the capacity, but yielded to live sequences on demand.
+    retained_cells: usize,
 }
 
 impl KvPool {
@@ -59,7 +75,16 @@ impl KvPool {
             max_len: capacity,
             allocated: 0,
             seqs: HashMap::new(),
+            prefix_caching: false,
+            retained: VecDeque::new(),
+            retained_cells: 0,
         }
+    }
+
+    /// Keeps released caches for [`KvPool::reuse`].
+    pub(crate) fn with_prefix_caching(mut self, on: bool) -> Self {
+        self.prefix_caching = on;
+        self
     }
 
     /// Caps one sequence's cache at `max_len` cells.
@@ -68,9 +93,29 @@ impl KvPool {
         self
     }
 
-    /// Cells allocated to all sequences.
+    /// Cells allocated to live sequences.
     pub(crate) fn allocated(&self) -> usize {
         self.allocated
+    }
+
+    /// Cells of retained caches.
+    pub(crate) fn retained(&self) -> usize {
+        self.retained_cells
+    }
+
+    /// Cells neither live nor retained.
+    fn unused(&self) -> usize {
+        self.capacity - self.allocated - self.retained_cells
+    }
+
+    /// Evicts retained caches, oldest first, until `cells` are unused.
+    fn make_room(&mut self, cells: usize) {
+        while self.unused() < cells {
+            let Some(old) = self.retained.pop_front() else {
+                return;
+            };
+            self.retained_cells -= old.cap;
+        }
     }
 
     /// Sequences holding a cache.
@@ -94,6 +139,7 @@ impl KvPool {
         let cap = self.seqs.get(&seq).map_or(0, |c| c.cap);
         if let Some(c) = self.seqs.get_mut(&seq) {
             c.len = start_us;
+            c.tokens.truncate(start_us);
         }
         if needed <= cap {
             return Ok(());
@@ -106,46 +152,120 @@ impl KvPool {
                 free,
             });
         }
-        let wanted = needed.next_multiple_of(CHUNK).max(cap * 2);
-        let new_cap = wanted.min(cap + free).min(self.max_len);
+        // Grow by doubling into unused cells; evict retained caches only for what is needed.
+        let wanted = needed
+            .next_multiple_of(CHUNK)
+            .max(cap * 2)
+            .min(self.max_len);
+        let mut new_cap = wanted.min(cap + self.unused());
+        if new_cap < needed {
+            new_cap = needed
+                .next_multiple_of(CHUNK)
+                .min(cap + free)
+                .min(self.max_len);
+            self.make_room(new_cap - cap);
+        }
         self.grow(seq, new_cap)
     }
 
     fn grow(&mut self, seq: SeqId, new_cap: usize) -> Result<(), CandleError> {
+        let mut grown = self.alloc(new_cap)?;
+        let entry = self.seqs.entry(seq).or_insert_with(|| SeqCache {
+            len: 0,
+            cap: 0,
+            tokens: Vec::new(),
+            layers: Vec::new(),
+        });
+        copy_cells(&entry.layers, &mut grown, entry.len)
+            .map_err(CandleError::candle("growing KV cache"))?;
+        self.allocated += new_cap - entry.cap;
+        entry.cap = new_cap;
+        entry.layers = grown;
+        Ok(())
+    }
+
+    /// Zeroed tensors for a cache of `cap` cells.
+    fn alloc(&self, cap: usize) -> Result<Vec<(Tensor, Tensor)>, CandleError> {
         let KvShape {
             layers,
             kv_heads,
             head_dim,
         } = self.shape;
-        let fresh = || Tensor::zeros((kv_heads, new_cap, head_dim), self.dtype, &self.device);
-        let entry = self.seqs.entry(seq).or_insert_with(|| SeqCache {
-            len: 0,
-            cap: 0,
-            layers: Vec::new(),
-        });
-        let mut grown = Vec::with_capacity(layers);
-        for l in 0..layers {
-            let (k, v) = (fresh(), fresh());
-            let (k, v) = (
-                k.map_err(CandleError::candle("allocating KV cache"))?,
-                v.map_err(CandleError::candle("allocating KV cache"))?,
-            );
-            if let Some((old_k, old_v)) = entry.layers.get(l)
-                && entry.len > 0
-            {
-                let keep = |t: &Tensor| t.narrow(1, 0, entry.len)?.contiguous();
-                let copy = keep(old_k)
-                    .and_then(|ok| k.slice_set(&ok, 1, 0))
-                    .and_then(|()| keep(old_v))
-                    .and_then(|ov| v.slice_set(&ov, 1, 0));
-                copy.map_err(CandleError::candle("growing KV cache"))?;
-            }
-            grown.push((k, v));
+        let fresh = || {
+            Tensor::zeros((kv_heads, cap, head_dim), self.dtype, &self.device)
+                .map_err(CandleError::candle("allocating KV cache"))
+        };
+        (0..layers).map(|_| Ok((fresh()?, fresh()?))).collect()
+    }
+
+    /// Prefix caching: gives `seq`, which has no cache yet, the longest prefix of `tokens` that
+    /// a retained cache holds, and returns its length (0 without prefix caching, or when
+    /// nothing matches or fits).
+    pub(crate) fn reuse(&mut self, seq: SeqId, tokens: &[u32]) -> usize {
+        if !self.prefix_caching || self.seqs.contains_key(&seq) {
+            return 0;
         }
-        self.allocated += new_cap - entry.cap;
-        entry.cap = new_cap;
-        entry.layers = grown;
-        Ok(())
+        let Some((at, common)) = self
+            .retained
+            .iter()
+            .enumerate()
+            .map(|(at, c)| (at, common_prefix(&c.tokens, tokens)))
+            .max_by_key(|&(at, common)| (common, at))
+        else {
+            return 0;
+        };
+        if common == 0 {
+            return 0;
+        }
+        let Some(mut source) = self.retained.remove(at) else {
+            return 0;
+        };
+        self.retained_cells -= source.cap;
+        if common == source.len {
+            // The whole cache is the prefix: the sequence takes it over.
+            source.tokens.truncate(common);
+            self.allocated += source.cap;
+            self.seqs.insert(seq, source);
+            return common;
+        }
+        // Part of it: a copy of the common cells, the original back as the newest.
+        let cap = common.next_multiple_of(CHUNK).min(self.max_len);
+        self.make_room(cap);
+        let copied = if self.unused() >= cap {
+            self.alloc(cap).and_then(|mut layers| {
+                copy_cells(&source.layers, &mut layers, common)
+                    .map_err(CandleError::candle("copying a cached prefix"))?;
+                Ok(layers)
+            })
+        } else {
+            Err(CandleError::KvExhausted {
+                seq,
+                needed: cap,
+                free: self.unused(),
+            })
+        };
+        let reused = match copied {
+            Ok(layers) => {
+                self.allocated += cap;
+                self.seqs.insert(
+                    seq,
+                    SeqCache {
+                        len: common,
+                        cap,
+                        tokens: tokens[..common].to_vec(),
+                        layers,
+                    },
+                );
+                common
+            }
+            Err(e) => {
+                tracing::debug!(seq, error = %e, "not reusing a cached prefix");
+                0
+            }
+        };
+        self.retained_cells += source.cap;
+        self.retained.push_back(source);
+        reused
     }
 
     /// Writes `k` and `v` (each `(n, kv_heads, head_dim)`) of `layer` at `seq`'s current end and
@@ -170,19 +290,48 @@ impl KvPool {
         Ok((ck.narrow(1, 0, c.len + n)?, cv.narrow(1, 0, c.len + n)?))
     }
 
-    /// Marks `n` more tokens of `seq` as cached.
-    pub(crate) fn commit(&mut self, seq: SeqId, n: usize) {
+    /// Marks `tokens` of `seq` as cached after what it held.
+    pub(crate) fn commit(&mut self, seq: SeqId, tokens: &[u32]) {
         if let Some(c) = self.seqs.get_mut(&seq) {
-            c.len += n;
+            c.len += tokens.len();
+            if self.prefix_caching {
+                c.tokens.extend_from_slice(tokens);
+            }
         }
     }
 
-    /// Frees `seq`'s cache; a no-op for unknown sequences.
+    /// Frees `seq`'s cache, or with prefix caching retains it as the newest; a no-op for
+    /// unknown sequences.
     pub(crate) fn release(&mut self, seq: SeqId) {
         if let Some(c) = self.seqs.remove(&seq) {
             self.allocated -= c.cap;
+            if self.prefix_caching && c.len > 0 {
+                self.retained_cells += c.cap;
+                self.retained.push_back(c);
+            }
         }
     }
+}
+
+/// Copies the first `len` cells of every layer of `from` into `to`.
+fn copy_cells(
+    from: &[(Tensor, Tensor)],
+    to: &mut [(Tensor, Tensor)],
+    len: usize,
+) -> candle_core::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    for ((fk, fv), (tk, tv)) in from.iter().zip(to.iter_mut()) {
+        tk.slice_set(&fk.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+        tv.slice_set(&fv.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// How many tokens `a` and `b` share from the first.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]
@@ -203,10 +352,10 @@ mod tests {
         let mut p = pool(450);
         p.prepare(1, 0, 10).unwrap();
         assert_eq!(p.allocated(), CHUNK);
-        p.commit(1, 10);
+        p.commit(1, &[0; 10]);
         p.prepare(2, 0, 150).unwrap();
         assert_eq!(p.allocated(), CHUNK + 2 * CHUNK);
-        p.commit(2, 150);
+        p.commit(2, &[0; 150]);
         // Sequence 1 needs 130 cells: the doubling to 256 is trimmed to what is free.
         p.prepare(1, 10, 120).unwrap();
         assert_eq!(p.allocated(), 450);
@@ -228,7 +377,7 @@ mod tests {
         for layer in 0..2 {
             p.write(7, layer, &k, &k).unwrap();
         }
-        p.commit(7, 3);
+        p.commit(7, &[1, 2, 3]);
         p.prepare(7, 3, CHUNK).unwrap();
         let one = Tensor::ones((CHUNK, 2, 4), DType::F32, &Device::Cpu).unwrap();
         let (ck, _) = p.write(7, 0, &one, &one).unwrap();
@@ -252,5 +401,87 @@ mod tests {
             p.prepare(7, 500, 1),
             Err(CandleError::OutOfOrder { .. })
         ));
+    }
+
+    /// Writes `tokens` for `seq` at `start` in every layer (each cell holds its token's id) and
+    /// commits them.
+    fn feed(p: &mut KvPool, seq: SeqId, start: u32, tokens: &[u32]) {
+        p.prepare(seq, start, tokens.len()).unwrap();
+        let values: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| std::iter::repeat_n(t as f32, 8))
+            .collect();
+        let kv = Tensor::from_vec(values, (tokens.len(), 2, 4), &Device::Cpu).unwrap();
+        for layer in 0..2 {
+            p.write(seq, layer, &kv, &kv).unwrap();
+        }
+        p.commit(seq, tokens);
+    }
+
+    /// The token ids `seq`'s first `len` cells hold (read back from layer 1's keys).
+    fn cells(p: &KvPool, seq: SeqId, len: usize) -> Vec<u32> {
+        let k = &p.seqs[&seq].layers[1].0;
+        let v: Vec<Vec<Vec<f32>>> = k.narrow(1, 0, len).unwrap().to_vec3().unwrap();
+        v[0].iter().map(|cell| cell[0] as u32).collect()
+    }
+
+    #[test]
+    fn a_released_cache_is_taken_over_when_it_is_a_prefix() {
+        let mut p = pool(1024).with_prefix_caching(true);
+        feed(&mut p, 1, 0, &[5, 6, 7, 8]);
+        p.release(1);
+        assert_eq!((p.allocated(), p.retained()), (0, CHUNK));
+        // The next turn: everything cached plus new tokens.
+        assert_eq!(p.reuse(2, &[5, 6, 7, 8, 9, 10]), 4);
+        assert_eq!((p.allocated(), p.retained()), (CHUNK, 0));
+        assert_eq!(cells(&p, 2, 4), [5, 6, 7, 8]);
+        feed(&mut p, 2, 4, &[9]);
+        assert_eq!(cells(&p, 2, 5), [5, 6, 7, 8, 9]);
+        // A sequence that already has a cache is left alone.
+        assert_eq!(p.reuse(2, &[5, 6]), 0);
+    }
+
+    #[test]
+    fn a_partial_match_is_copied_and_the_original_stays() {
+        let mut p = pool(1024).with_prefix_caching(true);
+        feed(&mut p, 1, 0, &[1, 2, 3, 4, 5]);
+        p.release(1);
+        assert_eq!(p.reuse(2, &[1, 2, 3, 9]), 3);
+        assert_eq!(cells(&p, 2, 3), [1, 2, 3]);
+        assert_eq!((p.allocated(), p.retained()), (CHUNK, CHUNK));
+        // Overwriting the copy's tail leaves the original whole for the next one.
+        feed(&mut p, 2, 3, &[9]);
+        assert_eq!(p.reuse(3, &[1, 2, 3, 4, 5, 6]), 5);
+        assert_eq!(cells(&p, 3, 5), [1, 2, 3, 4, 5]);
+        assert_eq!(p.reuse(4, &[7, 7]), 0, "nothing in common");
+    }
+
+    #[test]
+    fn live_sequences_evict_retained_caches_oldest_first() {
+        let mut p = pool(3 * CHUNK).with_prefix_caching(true);
+        feed(&mut p, 1, 0, &[1; 10]);
+        feed(&mut p, 2, 0, &[2; 10]);
+        p.release(1);
+        p.release(2);
+        assert_eq!((p.allocated(), p.retained()), (0, 2 * CHUNK));
+        // Two chunks for a live sequence: one unused, one from the oldest retained cache.
+        feed(&mut p, 3, 0, &[3; CHUNK + 1]);
+        assert_eq!((p.allocated(), p.retained()), (2 * CHUNK, CHUNK));
+        assert_eq!(p.reuse(4, &[1; 10]), 0, "sequence 1's cache was evicted");
+        assert_eq!(p.reuse(5, &[2; 11]), 10, "sequence 2's is still there");
+        // With every cell live, the pool refuses like one without retained caches.
+        assert!(matches!(
+            p.prepare(6, 0, CHUNK),
+            Err(CandleError::KvExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn without_prefix_caching_release_frees_everything() {
+        let mut p = pool(1024);
+        feed(&mut p, 1, 0, &[1, 2, 3]);
+        p.release(1);
+        assert_eq!((p.allocated(), p.retained()), (0, 0));
+        assert_eq!(p.reuse(2, &[1, 2, 3, 4]), 0);
     }
 }

@@ -101,7 +101,7 @@ impl Model {
             .run(batch, &spans, &ids, &positions, kv)
             .map_err(CandleError::candle("forward step"))?;
         for s in &spans {
-            kv.commit(batch[s.entry].seq, s.len);
+            kv.commit(batch[s.entry].seq, batch[s.entry].tokens);
         }
         Ok(logits)
     }

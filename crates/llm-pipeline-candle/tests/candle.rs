@@ -182,6 +182,50 @@ fn release_frees_the_cache_and_the_id_can_be_reused() {
     assert_eq!(first, greedy(&mut b, 5, &prompts[0], 4));
 }
 
+/// One entry that wants logits.
+fn entry(seq: u64, start: usize, tokens: &[u32]) -> BatchEntry<'_> {
+    BatchEntry {
+        seq,
+        start: start as u32,
+        tokens,
+        wants_logits: true,
+    }
+}
+
+/// Prefix caching: a sequence that takes over a released sequence's cache, or gets a copy of
+/// the part they share, computes bit for bit the logits of one sequence that computed the same
+/// chunks itself; with prefix caching off nothing is reused.
+#[test]
+fn reused_prefixes_give_the_logits_of_computing_them() {
+    let [a, b, _] = prompts();
+    let mut cached = tiny_backend(&config(&TINY));
+    let mut plain = tiny_backend(&config(&TINY).with_prefix_caching(false));
+    step(&mut cached, &[entry(1, 0, &a[..10])]);
+    cached.release(1);
+    assert_eq!(cached.live_sequences(), 0);
+    assert!(cached.kv_cells_retained() >= 10);
+    assert_eq!(plain.reuse_prefix(2, &a[..13]), 0, "prefix caching is off");
+
+    // The whole released cache is the new sequence's prefix: taken over.
+    assert_eq!(cached.reuse_prefix(2, &a[..13]), 10);
+    assert_eq!(cached.kv_cells_retained(), 0);
+    let got = step(&mut cached, &[entry(2, 10, &a[10..])]);
+    step(&mut plain, &[entry(1, 0, &a[..10])]);
+    let want = step(&mut plain, &[entry(1, 10, &a[10..])]);
+    assert_eq!(got, want);
+
+    // A new sequence shares 6 tokens with it: a copy of those cells.
+    cached.release(2);
+    let mixed: Vec<u32> = a[..6].iter().chain(&b).copied().collect();
+    assert_eq!(cached.reuse_prefix(3, &mixed[..mixed.len() - 1]), 6);
+    let got = step(&mut cached, &[entry(3, 6, &mixed[6..])]);
+    // The plain sequence rolls back to its first 6 cells, computed in the same chunk.
+    let want = step(&mut plain, &[entry(1, 6, &mixed[6..])]);
+    assert_eq!(got, want);
+    // The original is still whole for the next one.
+    assert_eq!(cached.reuse_prefix(5, &a[..13]), 13);
+}
+
 #[test]
 fn the_kv_budget_is_reported_and_respected() {
     // 3 layers × 2 KV heads × 16 dims × 2 (K and V) × 4 bytes = 768 bytes per token.
