@@ -42,7 +42,20 @@ pub(crate) enum Mix {
     /// Prefill-heavy: a ~300-token document to summarize, unique from its first token on so no
     /// server can reuse a cached prefix.
     Prefill,
+    /// Multi-turn chat: each client holds one conversation, a ~110-token opening unique to the
+    /// client and pass, then follow-ups ([`FOLLOW_UPS`]), each request carrying the whole
+    /// history with the answers so far. A server with prefix caching computes only each turn's
+    /// new tokens.
+    Turns,
 }
+
+/// The follow-up questions of [`Mix::Turns`]; turn `r` asks `FOLLOW_UPS[(r - 1) % len]`.
+const FOLLOW_UPS: [&str; 4] = [
+    "Tell me more about that.",
+    "What happened next?",
+    "Why does that matter?",
+    "Summarize our conversation so far.",
+];
 
 impl Mix {
     /// The mix's name in tables and JSON.
@@ -50,6 +63,7 @@ impl Mix {
         match self {
             Self::Chat => "chat",
             Self::Prefill => "prefill",
+            Self::Turns => "turns",
         }
     }
 
@@ -61,6 +75,11 @@ impl Mix {
             Self::Prefill => format!(
                 "Document {pass}-{c}-{r}. {DOCUMENT} Summarize the document in one sentence."
             ),
+            Self::Turns if r == 0 => {
+                let opening = &DOCUMENT[..DOCUMENT.find(" Hotels").unwrap_or(DOCUMENT.len())];
+                format!("Conversation {pass}-{c}. {opening} What do you think of this town?")
+            }
+            Self::Turns => FOLLOW_UPS[(r as usize - 1) % FOLLOW_UPS.len()].to_owned(),
         }
     }
 }
@@ -97,13 +116,14 @@ pub(crate) enum Target<'a> {
     Http(&'a str),
 }
 
-/// One request's timings.
-#[derive(Debug, Clone, Copy)]
+/// One request's timings and answer.
+#[derive(Debug, Clone)]
 struct Sample {
     start: Instant,
     first: Instant,
     end: Instant,
     tokens: u32,
+    text: String,
 }
 
 /// The figures of one load.
@@ -155,18 +175,19 @@ impl Report {
     }
 }
 
-/// A greedy streamed request with usage, end-of-generation banned.
-pub(crate) fn request(model: &str, prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
-    let mut request = ChatCompletionRequest::new(
-        model,
-        vec![
-            ChatMessage::system("You are a helpful assistant."),
-            ChatMessage::user(prompt),
-        ],
-    )
-    .with_temperature(0.0)
-    .with_max_tokens(max_tokens)
-    .streaming_with_usage();
+/// A greedy streamed request with usage, end-of-generation banned: the system prompt, then
+/// `messages`.
+pub(crate) fn request(
+    model: &str,
+    messages: &[ChatMessage],
+    max_tokens: u32,
+) -> ChatCompletionRequest {
+    let mut all = vec![ChatMessage::system("You are a helpful assistant.")];
+    all.extend_from_slice(messages);
+    let mut request = ChatCompletionRequest::new(model, all)
+        .with_temperature(0.0)
+        .with_max_tokens(max_tokens)
+        .streaming_with_usage();
     for token in BANNED {
         request = request.with_logit_bias(token, -100.0);
     }
@@ -185,14 +206,20 @@ pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
     let clients = (0..load.clients).map(|c| {
         let http = http.clone();
         async move {
-            let mut samples = Vec::new();
+            let mut samples: Vec<Sample> = Vec::new();
+            let mut history = Vec::new();
             for r in 0..load.rounds {
-                let prompt = load.mix.prompt(c, r, load.pass);
-                let request = request("", &prompt, load.max_tokens);
-                samples.push(match target {
+                if load.mix != Mix::Turns {
+                    history.clear();
+                }
+                history.push(ChatMessage::user(load.mix.prompt(c, r, load.pass)));
+                let request = request("", &history, load.max_tokens);
+                let sample = match target {
                     Target::Pipeline(p) => one_in_process(p, request).await,
                     Target::Http(base) => one_over_http(&http, base, &request).await,
-                });
+                };
+                history.push(ChatMessage::assistant(sample.text.clone()));
+                samples.push(sample);
             }
             samples
         }
@@ -209,16 +236,19 @@ async fn one_in_process(pipeline: &EnginePipeline, request: ChatCompletionReques
     let start = Instant::now();
     let mut first = None;
     let mut tokens = 0;
+    let mut text = String::new();
     let mut stream = pipeline.chat_stream(request).await.expect("a stream");
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("a chunk");
-        if first.is_none()
-            && chunk
-                .choices
-                .iter()
-                .any(|c| c.delta.content.as_deref().is_some_and(|t| !t.is_empty()))
+        for piece in chunk
+            .choices
+            .iter()
+            .filter_map(|c| c.delta.content.as_deref())
         {
-            first = Some(Instant::now());
+            if !piece.is_empty() {
+                first.get_or_insert_with(Instant::now);
+                text.push_str(piece);
+            }
         }
         if let Some(Some(usage)) = chunk.usage {
             tokens = usage.completion_tokens;
@@ -230,6 +260,7 @@ async fn one_in_process(pipeline: &EnginePipeline, request: ChatCompletionReques
         first: first.unwrap_or(end),
         end,
         tokens,
+        text,
     }
 }
 
@@ -258,6 +289,7 @@ async fn one_over_http(
     }
     let mut first = None;
     let (mut usage_tokens, mut content_chunks) = (None, 0);
+    let mut text = String::new();
     let mut buffer = String::new();
     while let Some(bytes) = response.chunk().await.expect("the stream continues") {
         buffer.push_str(std::str::from_utf8(&bytes).expect("UTF-8 events"));
@@ -270,12 +302,13 @@ async fn one_over_http(
                 continue;
             }
             let chunk: Value = serde_json::from_str(data).expect("a JSON chunk");
-            let has_text = chunk["choices"][0]["delta"]["content"]
+            if let Some(piece) = chunk["choices"][0]["delta"]["content"]
                 .as_str()
-                .is_some_and(|t| !t.is_empty());
-            if has_text {
+                .filter(|t| !t.is_empty())
+            {
                 content_chunks += 1;
                 first.get_or_insert_with(Instant::now);
+                text.push_str(piece);
             }
             if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
                 usage_tokens = Some(n as u32);
@@ -289,6 +322,7 @@ async fn one_over_http(
         end,
         // Servers without `stream_options.include_usage` send one token per chunk.
         tokens: usage_tokens.unwrap_or(content_chunks),
+        text,
     }
 }
 

@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench --features server,candle --bench serving -- [--threads 2] [--tokens 64]
 //!     [--clients 1,8,32] [--rounds 2] [--passes 2] [--prefill-clients 8] [--prefill-tokens 8]
+//!     [--turns-clients 8] [--turns 4] [--turns-tokens 32]
 //!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
 //!     [--json PATH] [--markdown PATH]
 //! ```
@@ -16,7 +17,10 @@
 //! Workloads: `C` clients each send `rounds` streamed chat requests one after another (greedy,
 //! `max_tokens` fixed, end-of-generation banned through `logit_bias` and `ignore_eos` so every
 //! answer has the same length), for each `C` in `--clients`; then the prefill-heavy mix: ~300
-//! token prompts, each unique from its first token, with short answers. Figures per system and
+//! token prompts, each unique from its first token, with short answers; then multi-turn chat:
+//! `--turns-clients` conversations of `--turns` requests, each carrying the history so far
+//! (a ~110-token opening unique to the client and pass, the answers, short follow-ups), where
+//! prefix caching decides the time to first token. Figures per system and
 //! workload: aggregate output tokens/s (completion tokens over the wall time from the first
 //! request to the last answer), median and p99 time to first token, median time per output
 //! token after the first, the serving process's peak resident memory, and for the in-process
@@ -53,6 +57,9 @@ pub(crate) struct Args {
     passes: u32,
     prefill_clients: u32,
     prefill_tokens: u32,
+    turns_clients: u32,
+    turns: u32,
+    turns_tokens: u32,
     llama_server: Option<PathBuf>,
     mistralrs: Option<PathBuf>,
     systems: Option<Vec<String>>,
@@ -68,7 +75,7 @@ impl Args {
         self.clients
             .iter()
             .copied()
-            .chain([self.prefill_clients])
+            .chain([self.prefill_clients, self.turns_clients])
             .max()
             .unwrap_or(1)
     }
@@ -89,7 +96,14 @@ impl Args {
             pass: 0,
             max_tokens: self.prefill_tokens,
         });
-        chat.chain(prefill).collect()
+        let turns = (self.turns_clients > 0).then_some(Load {
+            mix: Mix::Turns,
+            clients: self.turns_clients,
+            rounds: self.turns,
+            pass: 0,
+            max_tokens: self.turns_tokens,
+        });
+        chat.chain(prefill).chain(turns).collect()
     }
 
     /// The flags that shape the workloads, for a child process.
@@ -102,6 +116,9 @@ impl Args {
             ("--clients", clients.join(",")),
             ("--prefill-clients", self.prefill_clients.to_string()),
             ("--prefill-tokens", self.prefill_tokens.to_string()),
+            ("--turns-clients", self.turns_clients.to_string()),
+            ("--turns", self.turns.to_string()),
+            ("--turns-tokens", self.turns_tokens.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
@@ -126,6 +143,9 @@ fn args() -> Args {
         passes: 2,
         prefill_clients: 8,
         prefill_tokens: 8,
+        turns_clients: 8,
+        turns: 4,
+        turns_tokens: 32,
         llama_server: env_path("LLM_PIPELINE_LLAMA_SERVER"),
         mistralrs: env_path("LLM_PIPELINE_MISTRALRS"),
         systems: None,
@@ -142,6 +162,9 @@ fn args() -> Args {
         a.passes = 1;
         a.prefill_clients = 2;
         a.prefill_tokens = 2;
+        a.turns_clients = 1;
+        a.turns = 2;
+        a.turns_tokens = 2;
         a.systems = Some(vec!["ours".into(), "engine".into()]);
         a.bandwidth_bytes = 64 << 20;
     }
@@ -156,6 +179,9 @@ fn args() -> Args {
             "--passes" => a.passes = num(val()),
             "--prefill-clients" => a.prefill_clients = num(val()),
             "--prefill-tokens" => a.prefill_tokens = num(val()),
+            "--turns-clients" => a.turns_clients = num(val()),
+            "--turns" => a.turns = num(val()),
+            "--turns-tokens" => a.turns_tokens = num(val()),
             "--clients" => a.clients = val().split(',').map(|c| num(c.to_owned())).collect(),
             "--llama-server" => a.llama_server = Some(val().into()),
             "--mistralrs" => a.mistralrs = Some(val().into()),
