@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, on a machine with one H200, its driver, and a Python environment with PyTorch
 # (and transformers for the peer); no network. Made by `cargo xtask gpu-check`, which put the
-# release binaries in bin/ and the scripts beside this file.
+# release binaries in bin.tar.xz (unpacked to $WORK/bin) and the scripts beside this file.
 #
 #   bash run.sh            # results in $RESULTS (default: $OUT if set, else ./results)
 #
@@ -41,6 +41,15 @@ report() { step "report"; "$PY" "$HERE/report.py" "$RESULTS" "$WEIGHT_BYTES"; }
 # A run cut short still leaves a report of the levels that finished.
 trap 'note "run.sh was stopped"; report; exit 143' TERM INT
 
+step "unpack"
+# The binaries travel xz-compressed (the candle kernels' PTX is most of their size).
+BIN=$WORK/bin
+rm -rf "$BIN"
+tar -xJf "$HERE/bin.tar.xz" -C "$WORK" 2>/dev/null ||
+    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$HERE/bin.tar.xz" "$WORK" ||
+    note "unpacking bin.tar.xz failed"
+ls -la "$BIN" >&2
+
 step "environment"
 # cuBLAS, cuRAND and cudart 13 come from the Python environment's NVIDIA wheels.
 NV_LIBS=$("$PY" - <<'EOF'
@@ -54,6 +63,8 @@ print(":".join(dirs))
 EOF
 )
 export LD_LIBRARY_PATH="${NV_LIBS}${NV_LIBS:+${LD_LIBRARY_PATH:+:}}${LD_LIBRARY_PATH:-}"
+# The GGUF writer: the machine's own gguf package if it has one, else the one shipped in pylib/.
+"$PY" -c "import gguf" 2>/dev/null || export PYTHONPATH="$HERE/pylib${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - >"$RESULTS/env.json" <<'EOF'
 import json, subprocess
 env = {}
@@ -83,8 +94,9 @@ print(json.dumps(env, indent=1))
 EOF
 cat "$RESULTS/env.json" >&2
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >&2
-for bin in "$HERE"/bin/*; do
-    missing=$(ldd "$bin" 2>/dev/null | grep 'not found' | tr -s ' \t' ' ')
+for bin in "$BIN"/gpu_bench* "$BIN"/llama-libs/libggml-cuda*; do
+    [ -f "$bin" ] || continue
+    missing=$(LD_LIBRARY_PATH="$BIN/llama-libs:$LD_LIBRARY_PATH" ldd "$bin" 2>/dev/null | grep 'not found' | tr -s ' \t' ' ')
     [ -n "$missing" ] && note "$(basename "$bin") lacks libraries:$missing"
 done
 df -h "$WORK" >&2
@@ -101,10 +113,10 @@ WEIGHT_BYTES=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['we
 echo "weight bytes: $WEIGHT_BYTES" >&2
 
 bench() { # label backend model [extra args...]
-    local label=$1 backend=$2 model=$3 bin=$HERE/bin/gpu_bench
+    local label=$1 backend=$2 model=$3 bin=$BIN/gpu_bench
     shift 3
-    local libs=$HERE/bin/llama-libs
-    [ "$backend" = llama-cpp ] && bin=$HERE/bin/gpu_bench_llama_cpp
+    local libs=$BIN/llama-libs
+    [ "$backend" = llama-cpp ] && bin=$BIN/gpu_bench_llama_cpp
     step "$label"
     LD_LIBRARY_PATH="$libs:$LD_LIBRARY_PATH" GGML_BACKENDS_DIR="$libs" timeout "$T_RUN" "$bin" --backend "$backend" --model "$model" --label "$label" \
         --prompts "$HERE/prompts.json" --max-model-len "$MAX_MODEL_LEN" --device "$DEVICE" "$@" \
@@ -115,18 +127,18 @@ bench() { # label backend model [extra args...]
 }
 
 if [ "$WEIGHT_BYTES" -gt 0 ]; then
-    if [ -x "$HERE/bin/gpu_bench" ]; then
+    if [ -x "$BIN/gpu_bench" ]; then
         bench "candle-$DEVICE" candle "$MODEL" --clients "$CLIENTS" --tokens "$TOKENS" --ban "$BAN"
     else
         note "candle: bin/gpu_bench is absent; skipped"
     fi
 
-    if [ -x "$HERE/bin/gpu_bench_llama_cpp" ]; then
+    if [ -x "$BIN/gpu_bench_llama_cpp" ]; then
         step "gguf"
         if [ -f "$WORK/model.gguf" ] || timeout "$T_GEN" "$PY" "$HERE/to_gguf.py" "$MODEL" "$WORK/model.gguf" >&2; then
             bench "llama-cpp-$DEVICE" llama-cpp "$WORK/model.gguf" --clients "$CLIENTS" --tokens "$TOKENS" --ban "$BAN"
         else
-            note "llama.cpp: the GGUF conversion failed (is the gguf package installed?); skipped"
+            note "llama.cpp: the GGUF conversion failed (gguf needs NumPy and PyYAML); skipped"
         fi
     else
         note "llama.cpp: bin/gpu_bench_llama_cpp was not built (cargo xtask gpu-check --with-llama-cpp; its CUDA build takes 35-45 min on 2 cores); skipped"
@@ -153,7 +165,7 @@ EOF
 )
 if [ -z "$ORT_LIB" ]; then
     note "onnxruntime here does not list CUDAExecutionProvider (or is absent): the ORT CUDA EP was not run"
-elif [ -x "$HERE/bin/gpu_bench" ]; then
+elif [ -x "$BIN/gpu_bench" ]; then
     echo "ONNX Runtime with CUDA: $ORT_LIB" >&2
     ORT_DYLIB_PATH=$ORT_LIB bench "ort-$DEVICE-tiny" ort "$HERE/ort-tiny" --clients 1,8 --tokens 32
 fi

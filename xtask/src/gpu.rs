@@ -3,8 +3,9 @@
 //!
 //! The GPU machines have a driver, PyTorch and no network; the build machine has the toolkit
 //! (`cargo xtask cuda-env`) and no GPU. So the release bench binary (`examples/gpu_bench.rs`,
-//! with the candle and ORT backends and `cuda`) is built here, stripped, and shipped beside the
-//! Python scripts of `xtask/gpu/`: `gen_model.py` makes the random Llama-3-8B-shaped model
+//! with the candle and ORT backends and `cuda`) is built here, stripped, and shipped
+//! xz-compressed (`bin.tar.xz`) beside the Python scripts of `xtask/gpu/` and the `gguf`
+//! package (`pylib/`, for a machine without it): `gen_model.py` makes the random Llama-3-8B-shaped model
 //! there (16 GB of weights are not shipped), `hf_peer.py` runs the Hugging Face peer,
 //! `to_gguf.py` converts the weights for llama.cpp, `report.py` writes the table, and `run.sh`
 //! runs them in order under timeouts. The llama.cpp CUDA build takes 35-45 minutes on 2 cores
@@ -37,6 +38,10 @@ const SCRIPTS: [&str; 5] = [
 /// The user messages of the bench, shared with the serving bench; sequence `c` asks
 /// `prompts[c % len]`, in every system.
 const PROMPTS: &str = "benches/serving/prompts.json";
+
+/// The `gguf` package `to_gguf.py` writes with, shipped in `pylib/` for a GPU machine whose
+/// Python lacks it (pure Python; it needs NumPy and PyYAML, which transformers brings).
+const GGUF_PACKAGE: &str = "gguf==0.19.0";
 
 /// The tiny ONNX export's files the ORT CUDA smoke run needs.
 const ORT_TINY_FILES: [&str; 5] = [
@@ -91,6 +96,8 @@ pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
         ship_llama_libraries(&bin.join("llama-libs"))?;
     }
 
+    pack(&out, "bin")?;
+
     let sources = workspace_root().join("xtask").join("gpu");
     for script in SCRIPTS {
         std::fs::copy(sources.join(script), out.join(script))
@@ -98,6 +105,7 @@ pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
     }
     std::fs::copy(workspace_root().join(PROMPTS), out.join("prompts.json"))
         .with_context(|| format!("copying {PROMPTS}"))?;
+    ship_gguf_package(&out.join("pylib"))?;
     let tiny = onnx::fixtures(&smollm2()?)?.tiny;
     std::fs::create_dir_all(out.join("ort-tiny"))?;
     for file in ORT_TINY_FILES {
@@ -174,14 +182,63 @@ fn ship_llama_libraries(dest: &Path) -> Result<()> {
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() && !path.is_symlink() {
+            let shipped = dest.join(&name);
+            if path.is_symlink() {
+                // Sonames (`libllama.so.0 -> libllama.so.0.6.0`) stay links: one copy each.
+                if name.starts_with("lib") && name.contains(".so") && !shipped.exists() {
+                    std::os::unix::fs::symlink(std::fs::read_link(&path)?, &shipped)?;
+                }
+            } else if path.is_dir() {
                 stack.push(path);
-            } else if path.is_file() && name.starts_with("lib") && name.contains(".so") {
-                std::fs::copy(&path, dest.join(&name))?;
-                run(Command::new("strip")
-                    .arg("--strip-unneeded")
-                    .arg(dest.join(&name)))?;
+            } else if name.starts_with("lib") && name.contains(".so") && !shipped.exists() {
+                // The CPU variants stand both in build/bin and in backends/: one copy.
+                std::fs::copy(&path, &shipped)?;
+                run(Command::new("strip").arg("--strip-unneeded").arg(&shipped))?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `out/dir` by `out/dir.tar.xz`: the binaries shrink about 8× (58 MB of candle's
+/// gpu_bench, most of it kernel PTX, to 7 MB), which is what keeps llama.cpp's CUDA libraries
+/// within the limit too. `run.sh` unpacks it on the GPU machine.
+fn pack(out: &Path, dir: &str) -> Result<()> {
+    eprintln!("compressing {dir}/ (xz -9)");
+    run(Command::new("tar")
+        .arg("-cJf")
+        .arg(out.join(format!("{dir}.tar.xz")))
+        .arg("-C")
+        .arg(out)
+        .arg(dir)
+        .env("XZ_OPT", "-9 -T0"))?;
+    std::fs::remove_dir_all(out.join(dir))?;
+    Ok(())
+}
+
+/// Copies the pinned `gguf` package (installed once into the xtask cache) to `dest/gguf`.
+fn ship_gguf_package(dest: &Path) -> Result<()> {
+    let site = crate::cache_dir().join(GGUF_PACKAGE.replace("==", "-"));
+    if !site.join("gguf/__init__.py").is_file() {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(&site)
+            .arg(GGUF_PACKAGE))?;
+    }
+    copy_python_tree(&site.join("gguf"), &dest.join("gguf"))
+}
+
+/// Copies a Python package's sources, without compiled caches.
+fn copy_python_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)?.flatten() {
+        let (path, name) = (entry.path(), entry.file_name());
+        if path.is_dir() {
+            if name != "__pycache__" {
+                copy_python_tree(&path, &to.join(&name))?;
+            }
+        } else {
+            std::fs::copy(&path, to.join(&name))?;
         }
     }
     Ok(())
