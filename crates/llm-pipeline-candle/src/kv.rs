@@ -301,15 +301,24 @@ impl KvPool {
     }
 
     /// Frees `seq`'s cache, or with prefix caching retains it as the newest; a no-op for
-    /// unknown sequences.
+    /// unknown sequences. Retained caches that hold a prefix of it are dropped: it serves every
+    /// request they would (a conversation's earlier turns, a copied system prompt).
     pub(crate) fn release(&mut self, seq: SeqId) {
-        if let Some(c) = self.seqs.remove(&seq) {
-            self.allocated -= c.cap;
-            if self.prefix_caching && c.len > 0 {
-                self.retained_cells += c.cap;
-                self.retained.push_back(c);
-            }
+        let Some(c) = self.seqs.remove(&seq) else {
+            return;
+        };
+        self.allocated -= c.cap;
+        if !self.prefix_caching || c.len == 0 {
+            return;
         }
+        let before = self.retained.len();
+        self.retained
+            .retain(|old| common_prefix(&old.tokens, &c.tokens) < old.len);
+        if self.retained.len() < before {
+            self.retained_cells = self.retained.iter().map(|r| r.cap).sum();
+        }
+        self.retained_cells += c.cap;
+        self.retained.push_back(c);
     }
 }
 
@@ -474,6 +483,22 @@ mod tests {
             p.prepare(6, 0, CHUNK),
             Err(CandleError::KvExhausted { .. })
         ));
+    }
+
+    #[test]
+    fn a_retained_prefix_of_a_released_cache_is_dropped() {
+        let mut p = pool(1024).with_prefix_caching(true);
+        feed(&mut p, 1, 0, &[1, 2, 3]);
+        feed(&mut p, 2, 0, &[1, 2, 9]);
+        p.release(1);
+        p.release(2);
+        assert_eq!(p.retained(), 2 * CHUNK, "neither holds the other");
+        // A longer conversation with sequence 1's tokens first makes its cache redundant.
+        feed(&mut p, 3, 0, &[1, 2, 3, 4, 5]);
+        p.release(3);
+        assert_eq!(p.retained(), 2 * CHUNK);
+        assert_eq!(p.reuse(4, &[1, 2, 3, 4]), 4);
+        assert_eq!(p.reuse(5, &[1, 2, 9, 9]), 3);
     }
 
     #[test]
