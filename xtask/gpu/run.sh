@@ -52,6 +52,9 @@ ls -la "$BIN" >&2
 
 step "environment"
 # cuBLAS, cuRAND and cudart 13 come from the Python environment's NVIDIA wheels.
+# Every NVIDIA wheel's lib/ (ONNX Runtime's CUDA provider wants cuDNN and more from them), then a
+# system CUDA 13 install's libraries if the wheels lack cudart/cuBLAS 13 (a torch built for CUDA
+# 12 brings .so.12 ones).
 NV_LIBS=$("$PY" - <<'EOF'
 import glob, os, sys
 dirs = []
@@ -59,6 +62,13 @@ for p in sys.path:
     for d in glob.glob(os.path.join(p, "nvidia", "cu13", "lib")) + sorted(glob.glob(os.path.join(p, "nvidia", "*", "lib"))):
         if os.path.isdir(d) and d not in dirs:
             dirs.append(d)
+needed = ["libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"]
+def has(d, name):
+    return bool(glob.glob(os.path.join(d, name + "*")))
+system = sorted(glob.glob("/usr/local/cuda*/lib64")) + sorted(glob.glob("/usr/local/cuda*/targets/*/lib"))
+for name in needed:
+    if not any(has(d, name) for d in dirs):
+        dirs += [d for d in system if has(d, name) and d not in dirs][:1]
 print(":".join(dirs))
 EOF
 )

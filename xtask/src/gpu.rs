@@ -52,26 +52,15 @@ const ORT_TINY_FILES: [&str; 5] = [
     "tokenizer_config.json",
 ];
 
-/// Which binaries to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Build {
-    /// Reuse what the target directory holds.
-    Skip,
-    /// candle and ORT with `cuda`.
-    Candle,
-    /// Those, and the llama.cpp backend with `cuda` (35-45 minutes on 2 cores).
-    CandleAndLlamaCpp,
-}
-
 /// `cargo xtask gpu-check`.
 pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
-    let mut build = Build::Candle;
+    let (mut build, mut with_llama_cpp) = (true, false);
     let mut out = workspace_root().join("target").join("gpu-check");
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
-            "--with-llama-cpp" => build = Build::CandleAndLlamaCpp,
-            "--no-build" => build = Build::Skip,
+            "--with-llama-cpp" => with_llama_cpp = true,
+            "--no-build" => build = false,
             "--out" => out = PathBuf::from(it.next().context("--out DIR")?),
             other => bail!("gpu-check: unknown flag {other}"),
         }
@@ -82,17 +71,11 @@ pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin)?;
 
-    let examples = target_dir().join("release").join("examples");
-    if build != Build::Skip {
-        build_bench("candle,ort,cuda")?;
-    }
-    ship_binary(&examples.join("gpu_bench"), &bin.join("gpu_bench"))?;
-    if build == Build::CandleAndLlamaCpp {
-        build_bench("llama-cpp,cuda")?;
-        ship_binary(
-            &examples.join("gpu_bench"),
-            &bin.join("gpu_bench_llama_cpp"),
-        )?;
+    let candle = bench_binary("candle", "candle,ort,cuda", build)?;
+    ship_binary(&candle, &bin.join("gpu_bench"))?;
+    if with_llama_cpp {
+        let llama = bench_binary("llama-cpp", "llama-cpp,cuda", build)?;
+        ship_binary(&llama, &bin.join("gpu_bench_llama_cpp"))?;
         ship_llama_libraries(&bin.join("llama-libs"))?;
     }
 
@@ -136,15 +119,23 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// `cargo build --release --example gpu_bench` with the facade `features`, in the toolkit's
-/// environment.
-fn build_bench(features: &str) -> Result<()> {
-    let toolkit = crate::cuda::toolkit()?;
-    eprintln!("building gpu_bench with {features}");
-    run(cargo()
-        .args(["build", "--release", "--example", "gpu_bench"])
-        .args(["--no-default-features", "--features", features])
-        .envs(toolkit.env()))
+/// The release `gpu_bench` built with the facade `features`, kept in the target directory as
+/// `gpu_bench-{tag}` (each build overwrites `gpu_bench`): built first in the toolkit's
+/// environment when `build`, else as an earlier build left it.
+fn bench_binary(tag: &str, features: &str, build: bool) -> Result<PathBuf> {
+    let examples = target_dir().join("release").join("examples");
+    let kept = examples.join(format!("gpu_bench-{tag}"));
+    if build {
+        let toolkit = crate::cuda::toolkit()?;
+        eprintln!("building gpu_bench with {features}");
+        run(cargo()
+            .args(["build", "--release", "--example", "gpu_bench"])
+            .args(["--no-default-features", "--features", features])
+            .envs(toolkit.env()))?;
+        std::fs::copy(examples.join("gpu_bench"), &kept)
+            .with_context(|| format!("keeping {}", kept.display()))?;
+    }
+    Ok(kept)
 }
 
 /// Copies a binary and strips it: the line tables of the release profile are most of its size.
