@@ -206,7 +206,7 @@ pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
     let clients = (0..load.clients).map(|c| {
         let http = http.clone();
         async move {
-            let mut samples: Vec<Sample> = Vec::new();
+            let mut samples = Vec::new();
             let mut history = Vec::new();
             for r in 0..load.rounds {
                 if load.mix != Mix::Turns {

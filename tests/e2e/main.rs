@@ -232,8 +232,8 @@ enum Answers {
 }
 
 async fn prefix_caching_case(backend: &str, answers: Answers) {
-    let same = answers == Answers::Same;
     use llm_pipeline::core::openai::ChatMessage;
+    let same = answers == Answers::Same;
     let cached = llm_pipeline::load(backend, &common::config(1024, 2)).unwrap();
     let fresh =
         llm_pipeline::load(backend, &common::config(1024, 2).with_prefix_caching(false)).unwrap();

@@ -21,7 +21,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, onnx, run, smollm2, workspace_root};
+use crate::{cargo, onnx, run, smollm2, target_dir, workspace_root};
 
 /// What a GPU machine's command may carry along.
 const SIZE_LIMIT: u64 = 64 << 20;
@@ -111,12 +111,6 @@ pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
         out.strip_prefix(workspace_root()).unwrap_or(&out).display()
     );
     Ok(())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// The release `gpu_bench` built with the facade `features`, kept in the target directory as

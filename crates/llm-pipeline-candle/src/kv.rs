@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use candle_core::{DType, Device, Tensor};
-use llm_pipeline_core::backend::SeqId;
+use llm_pipeline_core::backend::{SeqId, common_prefix};
 
 use crate::CandleError;
 
@@ -311,12 +311,14 @@ impl KvPool {
         if !self.prefix_caching || c.len == 0 {
             return;
         }
-        let before = self.retained.len();
-        self.retained
-            .retain(|old| common_prefix(&old.tokens, &c.tokens) < old.len);
-        if self.retained.len() < before {
-            self.retained_cells = self.retained.iter().map(|r| r.cap).sum();
-        }
+        let cells = &mut self.retained_cells;
+        self.retained.retain(|old| {
+            let covered = common_prefix(&old.tokens, &c.tokens) == old.len;
+            if covered {
+                *cells -= old.cap;
+            }
+            !covered
+        });
         self.retained_cells += c.cap;
         self.retained.push_back(c);
     }
@@ -336,11 +338,6 @@ fn copy_cells(
         tv.slice_set(&fv.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
     }
     Ok(())
-}
-
-/// How many tokens `a` and `b` share from the first.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[cfg(test)]

@@ -123,3 +123,9 @@ pub trait Backend: Send {
         0
     }
 }
+
+/// How many tokens `a` and `b` share from the first: the length of a cached prefix that a
+/// [`Backend::reuse_prefix`] can offer.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}

@@ -24,7 +24,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::token::LlamaToken;
-use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, common_prefix};
 use llm_pipeline_core::config::PipelineConfig;
 use llm_pipeline_core::memory::{DeviceMemory, Weights, gpu_kv_budget};
 
@@ -105,11 +105,6 @@ fn gpus_kv_budget(gpus: &[runtime::DeviceInfo], utilization: f32, weight_bytes: 
             gpu_kv_budget(memory, utilization, Weights::NotYetLoaded { bytes: share })
         })
         .sum()
-}
-
-/// How many leading tokens `a` and `b` share.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// KV cache bytes per token: keys and values, f16, every layer.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, common_prefix};
 use crate::openai::FinishReason;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
@@ -115,11 +115,10 @@ impl Backend for TestBackend {
     }
 
     fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
-        let common = |kept: &Vec<u32>| kept.iter().zip(tokens).take_while(|(a, b)| a == b).count();
         let Some((i, n)) = self
             .kept
             .iter()
-            .map(common)
+            .map(|kept| common_prefix(kept, tokens))
             .enumerate()
             .max_by_key(|&(_, n)| n)
         else {
