@@ -228,7 +228,7 @@ pub(crate) fn cuda_check(args: &[String]) -> Result<()> {
         PathBuf::from,
     );
     eprintln!("clippy with {features} in {}", target.display());
-    run(crate::cargo()
+    run(crate::cargo()?
         .args(["clippy", "--package", "llm-pipeline", "--lib", "--examples"])
         .args(["--no-default-features", "--features", &features])
         .args(["--", "-D", "warnings"])

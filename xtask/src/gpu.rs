@@ -122,7 +122,7 @@ fn bench_binary(tag: &str, features: &str, build: bool) -> Result<PathBuf> {
     if build {
         let toolkit = crate::cuda::toolkit()?;
         eprintln!("building gpu_bench with {features}");
-        run(cargo()
+        run(cargo()?
             .args(["build", "--release", "--example", "gpu_bench"])
             .args(["--no-default-features", "--features", features])
             .envs(toolkit.env()))?;

