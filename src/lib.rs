@@ -84,3 +84,8 @@ pub fn loader(backend: &str) -> crate::core::Result<Loader> {
 pub fn load(backend: &str, config: &PipelineConfig) -> crate::core::Result<EnginePipeline> {
     loader(backend)?(config)
 }
+
+/// The README's examples, compiled as doctests so that they stay true to the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -8,7 +8,7 @@
 //! with every `cu*` entry point of `cuda.h` and soname `libcuda.so.1` goes in `lib64/stubs` for
 //! linking only; at run time the driver provides the real one. PyPI has no static cuBLAS, which
 //! llama-cpp-sys-2 names on its link line: empty archives stand in, and the shared libraries
-//! are linked instead. See `../shared/GPU-BUILD.md` for the measurements behind each step.
+//! are linked instead. See `docs/GPU-BUILD.md` for the measurements behind each step.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -211,7 +211,7 @@ pub(crate) fn cuda_env() -> Result<()> {
 /// library and examples with the `cuda` feature, so that code behind `cfg(feature = "cuda")` is
 /// compiled and linted on a machine without a GPU. By default the candle and ORT backends:
 /// candle's kernels take about 10 minutes of nvcc on 2 cores, which CI's budget holds, while
-/// llama.cpp's CUDA build takes 35-45 minutes (`../shared/GPU-BUILD.md`) and comes only with
+/// llama.cpp's CUDA build takes 35-45 minutes (`docs/GPU-BUILD.md`) and comes only with
 /// `--with-llama-cpp`. Builds in `target/cuda-check` (or `$CARGO_TARGET_DIR`), apart from the CPU
 /// builds whose features differ.
 pub(crate) fn cuda_check(args: &[String]) -> Result<()> {

@@ -9,7 +9,7 @@
 //! there (16 GB of weights are not shipped), `hf_peer.py` runs the Hugging Face peer,
 //! `to_gguf.py` converts the weights for llama.cpp, `report.py` writes the table, and `run.sh`
 //! runs them in order under timeouts. The llama.cpp CUDA build takes 35-45 minutes on 2 cores
-//! (see `../shared/GPU-BUILD.md`), so its binary is built only with `--with-llama-cpp`, and
+//! (see `docs/GPU-BUILD.md`), so its binary is built only with `--with-llama-cpp`, and
 //! `run.sh` skips what is absent with a note instead of failing.
 //!
 //! ```text
