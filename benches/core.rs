@@ -14,6 +14,7 @@ use llm_pipeline_core::detokenize::IncrementalDecoder;
 use llm_pipeline_core::engine::scheduler::{self, Budget, SeqView};
 use llm_pipeline_core::gguf::GgufMetadata;
 use llm_pipeline_core::sampling::{Sampler, SamplingParams};
+use llm_pipeline_core::testing::smollm2;
 use llm_pipeline_core::tokenizer::Tokenizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -71,15 +72,6 @@ fn bench_sampling(c: &mut Criterion) {
         }
     }
     group.finish();
-}
-
-fn smollm2() -> String {
-    std::env::var("LLM_PIPELINE_SMOLLM2").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    })
 }
 
 /// One token through the incremental decoder, averaged over a mixed text (ASCII, accents,

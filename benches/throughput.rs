@@ -136,12 +136,9 @@ fn args() -> Args {
 }
 
 fn model_path() -> String {
-    std::env::var("LLM_PIPELINE_SMOLLM2").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    })
+    llm_pipeline::core::testing::smollm2()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The same limits for every side; the default KV budget (4 GiB) holds every batch here, and
@@ -226,12 +223,12 @@ fn load(a: &Args, side: &str, batch: u32) -> llm_pipeline::core::Result<(EngineP
     #[cfg(feature = "ort")]
     if let Some(rest) = side.strip_prefix("ort") {
         use llm_pipeline::core::config::Quantization;
-        let dir = std::env::var("LLM_PIPELINE_ONNX_SMOLLM2").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/llm-pipeline/models/onnx/smollm2-135m-instruct",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
+        let dir = llm_pipeline::core::testing::fixture(
+            "LLM_PIPELINE_ONNX_SMOLLM2",
+            "onnx/smollm2-135m-instruct",
+        )
+        .to_string_lossy()
+        .into_owned();
         let mut cfg = config(a, batch, dir);
         if rest == "-int8" {
             cfg = cfg.with_quantization(Quantization::Int8);

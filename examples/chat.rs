@@ -15,6 +15,7 @@ use futures::StreamExt;
 use llm_pipeline::core::config::PipelineConfig;
 use llm_pipeline::core::openai::{ChatCompletionRequest, ChatMessage};
 use llm_pipeline::core::pipeline::Pipeline;
+use llm_pipeline::core::pricing::Price;
 
 #[derive(Debug)]
 struct Args {
@@ -137,11 +138,12 @@ async fn main() -> Result<()> {
                 elapsed
             );
             if let Some(m) = &chunk.metadata {
+                let show = |p: Option<Price>| p.map_or_else(|| "-".to_owned(), |p| p.to_string());
                 eprintln!(
                     "price: quote {} (max_tokens {}), charged {}",
-                    m.price_quote.as_deref().unwrap_or("-"),
+                    show(m.price_quote),
                     args.max_tokens,
-                    m.price_charged.as_deref().unwrap_or("-")
+                    show(m.price_charged)
                 );
             }
         }

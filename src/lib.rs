@@ -39,6 +39,17 @@ pub use llm_pipeline_server as server;
 use crate::core::config::PipelineConfig;
 use crate::core::pipeline::EnginePipeline;
 
+/// The names a service that embeds a pipeline needs, in one `use llm_pipeline::prelude::*;`.
+pub mod prelude {
+    pub use crate::core::Error;
+    pub use crate::core::config::PipelineConfig;
+    pub use crate::core::openai::{
+        ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage,
+    };
+    pub use crate::core::pipeline::{ChatStream, DynPipeline, EnginePipeline, Pipeline};
+    pub use crate::{BACKENDS, load, load_async};
+}
+
 /// A backend's loader: every backend builds the same [`EnginePipeline`] from a configuration.
 pub type Loader = fn(&PipelineConfig) -> crate::core::Result<EnginePipeline>;
 
@@ -79,10 +90,31 @@ pub fn loader(backend: &str) -> crate::core::Result<Loader> {
 
 /// Loads `config.model_id` with the backend named `backend`.
 ///
+/// It blocks the calling thread until the model is loaded (seconds for a large model): from
+/// async code, use [`load_async`].
+///
 /// # Errors
 /// As [`loader`]; otherwise the backend's own load errors.
 pub fn load(backend: &str, config: &PipelineConfig) -> crate::core::Result<EnginePipeline> {
     loader(backend)?(config)
+}
+
+/// [`load`] for async code: the model is read and the engine started on tokio's blocking pool,
+/// so the runtime's worker threads stay free to serve while it loads.
+///
+/// # Errors
+/// As [`load`]; [`Error::Backend`](crate::core::Error::Backend) when the load panicked.
+pub async fn load_async(
+    backend: &str,
+    config: PipelineConfig,
+) -> crate::core::Result<EnginePipeline> {
+    let loader = loader(backend)?;
+    tokio::task::spawn_blocking(move || loader(&config))
+        .await
+        .map_err(|e| crate::core::Error::Backend {
+            message: format!("loading the model failed: {e}"),
+            source: None,
+        })?
 }
 
 /// The README's examples, compiled as doctests so that they stay true to the API.

@@ -196,12 +196,9 @@ fn args() -> Args {
 }
 
 pub(crate) fn model_path() -> String {
-    std::env::var("LLM_PIPELINE_SMOLLM2").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    })
+    llm_pipeline::core::testing::smollm2()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn main() {

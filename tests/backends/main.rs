@@ -220,7 +220,10 @@ fn ort_agrees_with_llama_cpp_on_the_first_greedy_tokens() {
     use llm_pipeline::ort::{OrtBackend, OrtOptions};
 
     let mut reference = Reference::load();
-    let onnx = support::fixture("LLM_PIPELINE_ONNX_SMOLLM2", "onnx/smollm2-135m-instruct");
+    let onnx = llm_pipeline::core::testing::fixture(
+        "LLM_PIPELINE_ONNX_SMOLLM2",
+        "onnx/smollm2-135m-instruct",
+    );
     let mut ort = OrtBackend::open(&onnx, &config(&onnx), &OrtOptions::default())
         .expect("the ONNX export loads");
     let (report, failures) = reference.compare("ORT", &mut ort);

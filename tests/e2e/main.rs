@@ -8,7 +8,7 @@ use futures::StreamExt;
 use llm_pipeline::core::Error;
 use llm_pipeline::core::openai::{ChatCompletion, ChatCompletionRequest, FinishReason};
 use llm_pipeline::core::pipeline::Pipeline;
-use llm_pipeline::core::pricing::PriceTable;
+use llm_pipeline::core::pricing::{Price, PriceTable};
 
 use common::{SHARED, ask, sys, wait_for};
 
@@ -141,8 +141,8 @@ async fn prompt_over_max_model_len_is_a_validation_error() {
     assert_eq!(answer.usage.total_tokens, 64);
     // Livepeer's quote is by max_tokens; the charge by the tokens actually generated.
     let meta = answer.metadata.expect("pricing metadata");
-    assert_eq!(meta.price_quote.as_deref(), Some("3500/3"));
-    let charged = prices.charge(answer.usage.completion_tokens).to_string();
+    assert_eq!(meta.price_quote, Some(Price::new(3500, 3).unwrap()));
+    let charged = prices.charge(answer.usage.completion_tokens);
     assert_eq!(meta.price_charged, Some(charged));
 }
 
@@ -316,6 +316,6 @@ async fn n_choices_and_pricing_metadata() {
     }
     let meta = answer.metadata.expect("pricing metadata");
     // The shared pipeline is free: quote and charge are zero.
-    assert_eq!(meta.price_quote.as_deref(), Some("0"));
-    assert_eq!(meta.price_charged.as_deref(), Some("0"));
+    assert_eq!(meta.price_quote, Some(Price::ZERO));
+    assert_eq!(meta.price_charged, Some(Price::ZERO));
 }

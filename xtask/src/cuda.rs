@@ -223,10 +223,9 @@ pub(crate) fn cuda_check(args: &[String]) -> Result<()> {
         }
     }
     let toolkit = toolkit()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || crate::workspace_root().join("target").join("cuda-check"),
-        PathBuf::from,
-    );
+    // A target directory of its own: the CUDA features would otherwise rebuild the crates
+    // that the CPU builds share.
+    let target = crate::target_dir().join("cuda-check");
     eprintln!("clippy with {features} in {}", target.display());
     run(crate::cargo()?
         .args(["clippy", "--package", "llm-pipeline", "--lib", "--examples"])

@@ -55,7 +55,7 @@ const ORT_TINY_FILES: [&str; 5] = [
 /// `cargo xtask gpu-check`.
 pub(crate) fn gpu_check(args: &[String]) -> Result<()> {
     let (mut build, mut with_llama_cpp) = (true, false);
-    let mut out = workspace_root().join("target").join("gpu-check");
+    let mut out = target_dir().join("gpu-check");
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {

@@ -152,7 +152,7 @@ fn compiler_include_dir() -> Option<PathBuf> {
 
 fn pip_install(wheel: &str, dir: &Path, what: &str) -> Result<()> {
     let python = "python3";
-    let pip_works = Command::new(&python)
+    let pip_works = Command::new(python)
         .args(["-m", "pip", "--version"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -171,7 +171,7 @@ fn pip_install(wheel: &str, dir: &Path, what: &str) -> Result<()> {
     }
     let partial = dir.with_extension("part");
     let _ = std::fs::remove_dir_all(&partial);
-    let status = Command::new(&python)
+    let status = Command::new(python)
         .args([
             "-m",
             "pip",

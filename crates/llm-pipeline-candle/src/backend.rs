@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
 use llm_pipeline_core::config::{PipelineConfig, Quantization};
-use llm_pipeline_core::gguf::GgufMetadata;
+use llm_pipeline_core::load::ModelFiles;
 
 use crate::CandleError;
 use crate::config::ModelConfig;
@@ -75,11 +75,23 @@ impl CandleBackend {
     /// Loads the model at `path` (a GGUF file or a Hugging Face directory).
     ///
     /// # Errors
+    /// As [`CandleBackend::open`], and core's error when `path` is neither.
+    pub fn load_with(
+        path: &Path,
+        config: &PipelineConfig,
+        options: LoadOptions,
+    ) -> Result<Self, CandleError> {
+        Self::open(&ModelFiles::at(path)?, config, options)
+    }
+
+    /// Opens a located model (see [`llm_pipeline_core::load`]).
+    ///
+    /// # Errors
     /// [`CandleError::Unsupported`] for parallelism above 1, a CUDA device without the `cuda`
     /// feature, an unsupported architecture, or a KV budget that holds no sequence; I/O, format
     /// and candle errors while reading the weights.
-    pub fn load_with(
-        path: &Path,
+    pub fn open(
+        files: &ModelFiles,
         config: &PipelineConfig,
         options: LoadOptions,
     ) -> Result<Self, CandleError> {
@@ -87,37 +99,40 @@ impl CandleBackend {
         crate::set_threads(config.effective_threads());
         let device = pick_device(options.device)?;
         let int8 = config.quantization == Quantization::Int8;
-        let (model_config, weights) = if path.is_dir() {
-            let config_path = path.join("config.json");
-            let text = std::fs::read_to_string(&config_path).map_err(|source| CandleError::Io {
-                path: config_path,
-                source,
-            })?;
-            let mc = ModelConfig::from_hf_json(&text)?;
-            let dtype = activation_dtype(&device, mc.stored_dtype);
-            let plan = LoadPlan {
-                device: device.clone(),
-                dtype,
-                int8,
-                kernels: options.kernels,
-            };
-            let w = weights::load_safetensors(path, &mc, &plan)?;
-            (mc, w)
-        } else {
-            if int8 {
-                tracing::info!("USE_8BIT: the GGUF is already quantized; loading it as stored");
+        let (model_config, weights) = match files {
+            ModelFiles::Directory(dir) => {
+                let config_path = dir.join("config.json");
+                let text =
+                    std::fs::read_to_string(&config_path).map_err(|source| CandleError::Io {
+                        path: config_path,
+                        source,
+                    })?;
+                let mc = ModelConfig::from_hf_json(&text)?;
+                let dtype = activation_dtype(&device, mc.stored_dtype);
+                let plan = LoadPlan {
+                    device: device.clone(),
+                    dtype,
+                    int8,
+                    kernels: options.kernels,
+                };
+                let w = weights::load_safetensors(dir, &mc, &plan)?;
+                (mc, w)
             }
-            let mut gguf = GgufFile::open(path)?;
-            let meta = GgufMetadata::from_path(gguf.path())?;
-            let mc = ModelConfig::from_gguf(&meta, gguf.vocab_rows()?, gguf.rope_factors()?)?;
-            let plan = LoadPlan {
-                device: device.clone(),
-                dtype: DType::F32,
-                int8: false,
-                kernels: options.kernels,
-            };
-            let w = weights::load_gguf(gguf, &mc, &plan)?;
-            (mc, w)
+            ModelFiles::Gguf(meta) => {
+                if int8 {
+                    tracing::info!("USE_8BIT: the GGUF is already quantized; loading it as stored");
+                }
+                let mut gguf = GgufFile::open(meta)?;
+                let mc = ModelConfig::from_gguf(meta, gguf.vocab_rows()?, gguf.rope_factors()?)?;
+                let plan = LoadPlan {
+                    device: device.clone(),
+                    dtype: DType::F32,
+                    int8: false,
+                    kernels: options.kernels,
+                };
+                let w = weights::load_gguf(gguf, &mc, &plan)?;
+                (mc, w)
+            }
         };
         let positions = config.max_model_len as usize;
         let model = Model::new(model_config, weights, positions, &device)?;

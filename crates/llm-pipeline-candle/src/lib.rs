@@ -31,19 +31,14 @@ mod model;
 mod packed;
 mod weights;
 
-use std::path::Path;
-use std::sync::{Arc, Once};
+use std::sync::Once;
 
 pub use backend::{CandleBackend, DeviceChoice, LoadOptions};
 pub use candle_core;
 pub use error::CandleError;
 use llm_pipeline_core::config::PipelineConfig;
-use llm_pipeline_core::engine::{Engine, EngineLimits};
-use llm_pipeline_core::gguf::GgufMetadata;
-use llm_pipeline_core::model::{ModelSource, find_gguf};
-use llm_pipeline_core::pipeline::{EnginePipeline, ModelAssets};
-use llm_pipeline_core::template::{ChatTemplate, SpecialTokenText};
-use llm_pipeline_core::tokenizer::Tokenizer;
+use llm_pipeline_core::load::ModelFiles;
+use llm_pipeline_core::pipeline::EnginePipeline;
 pub use weights::{GgufKernels, WeightMemory};
 
 /// Loads the model named by `config.model_id` (a GGUF file, a Hugging Face directory, or a hub
@@ -64,93 +59,11 @@ pub fn load_with(
     config: &PipelineConfig,
     options: LoadOptions,
 ) -> llm_pipeline_core::Result<EnginePipeline> {
-    let location = ModelSource::parse(&config.model_id).resolve(&config.model_dir)?;
-    let gguf_path = if location.is_dir() && location.join("config.json").is_file() {
-        None
-    } else {
-        Some(find_gguf(&location)?)
-    };
-    let (tokenizer, template_source) = match &gguf_path {
-        Some(path) => {
-            let meta = GgufMetadata::from_path(path)?;
-            let source = meta.chat_template()?.map(str::to_owned);
-            (Tokenizer::from_gguf(&meta)?, source)
-        }
-        None => (
-            Tokenizer::from_dir(&location)?,
-            hf_chat_template(&location)?,
-        ),
-    };
-    let source = template_source.ok_or_else(|| llm_pipeline_core::Error::Template {
-        message: format!("{} has no chat template", location.display()),
-        source: None,
-    })?;
-    let tokenizer = Arc::new(tokenizer);
-    let special = tokenizer.special();
-    let template = ChatTemplate::new(
-        &source,
-        SpecialTokenText {
-            bos: special.bos_text.clone().unwrap_or_default(),
-            eos: special.eos_text.clone().unwrap_or_default(),
-        },
-    )?;
-    let limits = EngineLimits {
-        max_model_len: config.max_model_len,
-        max_num_seqs: config.max_num_seqs,
-        max_num_batched_tokens: config.max_num_batched_tokens,
-        max_queue: config.max_queue,
-    };
+    let files = ModelFiles::locate(config)?;
+    let backend_files = files.clone();
     let backend_config = config.clone();
-    let model_path = gguf_path.unwrap_or(location);
-    let engine = Engine::start(
-        move || CandleBackend::load_with(&model_path, &backend_config, options).map_err(Into::into),
-        Arc::clone(&tokenizer),
-        limits,
-    )?;
-    let assets = ModelAssets {
-        model_id: config.model_id.clone(),
-        tokenizer,
-        template: Arc::new(template),
-    };
-    Ok(EnginePipeline::new(engine, assets, config.prices))
-}
-
-/// The chat template of a Hugging Face directory: `chat_template.jinja`, or
-/// `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates of which
-/// `default` is taken).
-///
-/// # Errors
-/// [`llm_pipeline_core::Error::Io`] when a file exists but cannot be read, and
-/// [`llm_pipeline_core::Error::Template`] when `tokenizer_config.json` is not JSON.
-pub fn hf_chat_template(dir: &Path) -> llm_pipeline_core::Result<Option<String>> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| llm_pipeline_core::Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        return read(&jinja).map(Some);
-    }
-    let config = dir.join("tokenizer_config.json");
-    if !config.is_file() {
-        return Ok(None);
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(&read(&config)?).map_err(|e| llm_pipeline_core::Error::Template {
-            message: format!("{} is not JSON: {e}", config.display()),
-            source: None,
-        })?;
-    Ok(match value.get("chat_template") {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Array(list)) => list
-            .iter()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-            .or_else(|| list.first())
-            .and_then(|t| t.get("template")?.as_str())
-            .map(str::to_owned),
-        _ => None,
+    llm_pipeline_core::load::start(config, &files, move || {
+        CandleBackend::open(&backend_files, &backend_config, options).map_err(Into::into)
     })
 }
 

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 
+use llm_pipeline_core::gguf::GgufMetadata;
+
 use crate::CandleError;
 use crate::config::ModelConfig;
 use crate::packed::PackedMatrix;
@@ -308,28 +310,50 @@ pub(crate) fn load_safetensors(
     build(b, config, &HF_NAMES, config.tie_word_embeddings)
 }
 
-/// A GGUF file opened for loading: its metadata and tensor directory, read once.
+/// A GGUF file opened for loading, with the tensor directory core read with its metadata (the
+/// header is parsed once per load).
 #[derive(Debug)]
 pub(crate) struct GgufFile {
-    path: PathBuf,
     content: gguf_file::Content,
     file: std::fs::File,
 }
 
 impl GgufFile {
-    /// Opens `path` and reads its header.
-    pub(crate) fn open(path: &Path) -> Result<Self, CandleError> {
-        let mut file = std::fs::File::open(path).map_err(|source| CandleError::Io {
+    /// Opens the file whose header `meta` holds.
+    pub(crate) fn open(meta: &GgufMetadata) -> Result<Self, CandleError> {
+        let path = meta.path();
+        let file = std::fs::File::open(path).map_err(|source| CandleError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(CandleError::candle("reading the GGUF header"))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            content,
-            file,
-        })
+        let tensor_infos = meta
+            .tensors()
+            .iter()
+            .map(|t| {
+                let ggml_dtype = ggml_dtype(t.ggml_type).ok_or_else(|| {
+                    CandleError::from(meta.error(format!(
+                        "tensor `{}` has ggml type {}, which candle does not read",
+                        t.name, t.ggml_type
+                    )))
+                })?;
+                // GGUF lists the innermost dimension first; candle's shapes are outermost first.
+                let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                let info = gguf_file::TensorInfo {
+                    ggml_dtype,
+                    shape: dims.into(),
+                    offset: t.offset,
+                };
+                Ok((t.name.clone(), info))
+            })
+            .collect::<Result<_, CandleError>>()?;
+        let content = gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            // The metadata is read through core's `GgufMetadata`; candle reads only tensors.
+            metadata: Default::default(),
+            tensor_infos,
+            tensor_data_offset: meta.data_offset(),
+        };
+        Ok(Self { content, file })
     }
 
     /// Rows of `token_embd.weight` (the vocabulary size).
@@ -354,11 +378,6 @@ impl GgufFile {
             .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
             .map_err(CandleError::candle("reading rope_freqs.weight"))?;
         Ok(Some(t))
-    }
-
-    /// The file's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -475,5 +494,27 @@ fn build(
         norm,
         lm_head,
         memory: b.memory,
+    })
+}
+
+/// candle's dtype for a ggml type id (the ids of ggml's `ggml_type` enum).
+fn ggml_dtype(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
     })
 }

@@ -9,7 +9,8 @@ use llm_pipeline_core::config::{PipelineConfig, Quantization};
 use llm_pipeline_core::openai::{ChatCompletionRequest, ChatMessage};
 use llm_pipeline_core::pipeline::Pipeline;
 
-use common::{TINY, argmax, config, greedy, max_diff, smollm2, step, tiny_backend};
+use common::{TINY, argmax, config, greedy, max_diff, step, tiny_backend};
+use llm_pipeline_core::testing::smollm2;
 
 /// Three different token sequences.
 fn prompts() -> [Vec<u32>; 3] {
@@ -312,7 +313,7 @@ async fn the_pipeline_serves_a_chat_over_the_tiny_model() {
 
 #[tokio::test]
 async fn smollm2_gguf_says_paris() {
-    let Some(path) = smollm2() else { return };
+    let path = smollm2();
     let cfg = PipelineConfig::default()
         .with_model_id(path.to_string_lossy())
         .with_max_model_len(512)
@@ -371,7 +372,7 @@ fn teacher_forced(backend: &mut CandleBackend, prompt: &[u32], forced: &[u32]) -
 /// largest logit gaps (at the reference's top token, and over the whole vocabulary).
 #[test]
 fn smollm2_kernels_keep_the_greedy_tokens_of_q4_1_as_stored() {
-    let Some(path) = smollm2() else { return };
+    let path = smollm2();
     let cfg = PipelineConfig::default()
         .with_max_model_len(256)
         .with_threads(2)

@@ -1,9 +1,11 @@
-//! GGUF metadata: the header and key/value section of a GGUF file, without the tensors.
+//! GGUF metadata: the header, key/value section and tensor directory of a GGUF file, without the
+//! tensor data.
 //!
 //! Every GGUF model carries its architecture facts, its chat template and its whole tokenizer
-//! (vocabulary, merges, scores, token types) as metadata before the tensor data. The tokenizer
-//! and the backends read those keys from here, so a model file is opened once, read through a
-//! buffer up to the end of the metadata, and closed; tensor data is never touched.
+//! (vocabulary, merges, scores, token types) as metadata before the tensor data, followed by the
+//! directory of its tensors (name, shape, type, offset). The tokenizer and the backends read
+//! those from here, so a model file's header is parsed once per load, read through a buffer up
+//! to the start of the tensor data; tensor data is never touched.
 //!
 //! Arrays are stored typed ([`GgufArray`]) rather than as a vector of [`GgufValue`]s: a vocabulary
 //! holds tens of thousands of strings and token types, and a `&[i32]` or `&[String]` view is what
@@ -33,6 +35,23 @@ const MAX_STRING_LEN: u64 = 256 << 20;
 const MAX_PREALLOC: u64 = 1 << 20;
 /// Arrays nested deeper than this are refused (real files nest at most one level).
 const MAX_DEPTH: u32 = 8;
+/// Tensors have at most this many dimensions (ggml's `GGML_MAX_DIMS`).
+const MAX_DIMS: u32 = 4;
+/// Alignment of the tensor data when `general.alignment` is absent.
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// One entry of a GGUF file's tensor directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensorInfo {
+    /// The tensor's name (`token_embd.weight`, `blk.0.attn_q.weight`, ...).
+    pub name: String,
+    /// The dimensions in ggml's order: the innermost (contiguous) dimension first.
+    pub dims: Vec<u64>,
+    /// The ggml type id (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, ...).
+    pub ggml_type: u32,
+    /// Offset of the tensor's bytes from [`GgufMetadata::data_offset`].
+    pub offset: u64,
+}
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +213,8 @@ pub struct GgufMetadata {
     version: u32,
     tensor_count: u64,
     values: HashMap<String, GgufValue>,
+    tensors: Vec<GgufTensorInfo>,
+    data_offset: u64,
 }
 
 impl fmt::Debug for GgufMetadata {
@@ -225,6 +246,7 @@ impl GgufMetadata {
         let mut reader = Reader {
             inner: BufReader::with_capacity(1 << 20, file),
             path,
+            position: 0,
         };
         reader.metadata()
     }
@@ -240,6 +262,8 @@ impl GgufMetadata {
             version: 3,
             tensor_count: 0,
             values: values.into_iter().collect(),
+            tensors: Vec::new(),
+            data_offset: 0,
         }
     }
 
@@ -256,6 +280,21 @@ impl GgufMetadata {
     /// The number of tensors the file declares.
     pub fn tensor_count(&self) -> u64 {
         self.tensor_count
+    }
+
+    /// The tensor directory, in file order.
+    pub fn tensors(&self) -> &[GgufTensorInfo] {
+        &self.tensors
+    }
+
+    /// The directory entry of the tensor `name`, if the file has it.
+    pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Where the tensor data starts in the file (tensor offsets count from here).
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
     }
 
     /// All keys and values, in no particular order.
@@ -433,6 +472,8 @@ impl GgufMetadata {
 struct Reader<'p, R> {
     inner: R,
     path: &'p Path,
+    /// Bytes read so far.
+    position: u64,
 }
 
 /// Reads `n` fixed-size little-endian values into a vector.
@@ -459,9 +500,10 @@ impl<R: Read> Reader<'_, R> {
     }
 
     fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.position += buf.len() as u64;
         self.inner.read_exact(buf).map_err(|source| {
             if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.error("file ends inside the metadata (truncated?)")
+                self.error("file ends inside the header (truncated?)")
             } else {
                 Error::Io {
                     path: self.path.to_path_buf(),
@@ -523,11 +565,43 @@ impl<R: Read> Reader<'_, R> {
                 .map_err(|e| self.error(format!("key `{key}`: {}", inner_message(e))))?;
             values.insert(key, value);
         }
-        Ok(GgufMetadata {
+        let mut tensors = Vec::with_capacity(capacity(tensor_count));
+        for _ in 0..tensor_count {
+            tensors.push(self.tensor_info()?);
+        }
+        let mut meta = GgufMetadata {
             path: self.path.to_path_buf(),
             version,
             tensor_count,
             values,
+            tensors,
+            data_offset: 0,
+        };
+        let alignment = match meta.get_u64("general.alignment") {
+            Ok(Some(a)) if a > 0 => a,
+            Ok(_) => DEFAULT_ALIGNMENT,
+            Err(e) => return Err(e),
+        };
+        meta.data_offset = self.position.div_ceil(alignment) * alignment;
+        Ok(meta)
+    }
+
+    fn tensor_info(&mut self) -> Result<GgufTensorInfo> {
+        let name = self.string()?;
+        let n_dims = self.u32()?;
+        if n_dims > MAX_DIMS {
+            return Err(self.error(format!(
+                "tensor `{name}` has {n_dims} dimensions (at most {MAX_DIMS})"
+            )));
+        }
+        let dims = (0..n_dims).map(|_| self.u64()).collect::<Result<_>>()?;
+        let ggml_type = self.u32()?;
+        let offset = self.u64()?;
+        Ok(GgufTensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
         })
     }
 
@@ -596,28 +670,14 @@ fn inner_message(e: Error) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::io::Write;
-
-    /// The SmolLM2 GGUF used by the tests: `$LLM_PIPELINE_SMOLLM2`, or the `xtask` cache.
-    pub(crate) fn smollm2_path() -> PathBuf {
-        let path = std::env::var_os("LLM_PIPELINE_SMOLLM2").map_or_else(
-            || PathBuf::from("/root/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-            PathBuf::from,
-        );
-        assert!(
-            path.is_file(),
-            "test model {} is missing: run `cargo xtask models`",
-            path.display()
-        );
-        path
-    }
 
     #[test]
     fn reads_smollm2_metadata() {
         let start = std::time::Instant::now();
-        let meta = GgufMetadata::from_path(smollm2_path()).unwrap();
+        let meta = GgufMetadata::from_path(crate::testing::smollm2()).unwrap();
         eprintln!("metadata read in {:?}", start.elapsed());
         assert_eq!(meta.version(), 3);
         assert_eq!(meta.tensor_count(), 272);
@@ -663,6 +723,14 @@ pub(crate) mod tests {
                 .contains("<|im_start|>")
         );
         assert_eq!(meta.get_str("no.such.key").unwrap(), None);
+        // The tensor directory: every tensor, in ggml's dimension order, inside the file.
+        assert_eq!(meta.tensors().len(), 272);
+        let embd = meta.tensor("token_embd.weight").unwrap();
+        assert_eq!(embd.dims, [576, 49152]);
+        assert_eq!(meta.data_offset() % DEFAULT_ALIGNMENT, 0);
+        let file_len = std::fs::metadata(meta.path()).unwrap().len();
+        let last = meta.tensors().iter().map(|t| t.offset).max().unwrap();
+        assert!(meta.data_offset() + last < file_len);
         // A type mismatch is an error naming the key, not a silent `None`.
         let err = meta.get_str("llama.block_count").unwrap_err().to_string();
         assert!(

@@ -6,7 +6,8 @@
 //! (continuous batching over a [`backend::Backend`], [`sampling`], [`detokenize`] and [`stop`]) →
 //! typed events back to the caller through the [`pipeline::Pipeline`] trait. [`pricing`] quotes
 //! and charges each request in exact integer arithmetic; [`config`] reads Livepeer's environment
-//! variables.
+//! variables; [`load`] is the one way every backend crate loads a model ([`model`] finds it,
+//! [`gguf`] reads a GGUF header once).
 
 pub mod backend;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod detokenize;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod load;
 pub mod memory;
 pub mod model;
 pub mod openai;
@@ -22,6 +24,8 @@ pub mod pricing;
 pub mod sampling;
 pub mod stop;
 pub mod template;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tokenizer;
 pub mod validation;
 

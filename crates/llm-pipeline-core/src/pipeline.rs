@@ -59,6 +59,113 @@ pub trait Pipeline: Send + Sync {
     }
 }
 
+/// A boxed future, as [`DynPipeline`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Pipeline`] as a trait object, for services that choose the pipeline at run time or keep
+/// several behind one type: `Arc<dyn DynPipeline>` is itself a [`Pipeline`] (and `Clone`), so
+/// it serves wherever a pipeline does, the HTTP router included.
+///
+/// Every [`Pipeline`] is a `DynPipeline`; the cost is one allocation per call for the boxed
+/// future. The methods have their own names (`erased_*`) so that importing both traits never
+/// makes a call ambiguous; call them through [`Pipeline`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use llm_pipeline_core::pipeline::{DynPipeline, EnginePipeline, Pipeline};
+///
+/// fn erase(pipeline: EnginePipeline) -> Arc<dyn DynPipeline> {
+///     Arc::new(pipeline)
+/// }
+/// fn serve<P: Pipeline + Clone + 'static>(_: P) {}
+/// # fn f(p: EnginePipeline) { serve(erase(p)); }
+/// ```
+pub trait DynPipeline: Send + Sync {
+    /// See [`Pipeline::model_id`].
+    fn erased_model_id(&self) -> &str;
+
+    /// See [`Pipeline::chat`].
+    fn erased_chat(&self, request: ChatCompletionRequest) -> BoxFuture<'_, Result<ChatCompletion>>;
+
+    /// See [`Pipeline::chat_stream`].
+    fn erased_chat_stream(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> BoxFuture<'_, Result<ChatStream>>;
+
+    /// See [`Pipeline::stats`].
+    fn erased_stats(&self) -> Option<EngineStats>;
+}
+
+impl<P: Pipeline> DynPipeline for P {
+    fn erased_model_id(&self) -> &str {
+        Pipeline::model_id(self)
+    }
+
+    fn erased_chat(&self, request: ChatCompletionRequest) -> BoxFuture<'_, Result<ChatCompletion>> {
+        Box::pin(Pipeline::chat(self, request))
+    }
+
+    fn erased_chat_stream(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> BoxFuture<'_, Result<ChatStream>> {
+        Box::pin(Pipeline::chat_stream(self, request))
+    }
+
+    fn erased_stats(&self) -> Option<EngineStats> {
+        Pipeline::stats(self)
+    }
+}
+
+impl Pipeline for dyn DynPipeline {
+    fn model_id(&self) -> &str {
+        self.erased_model_id()
+    }
+
+    fn chat(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatCompletion>> + Send {
+        self.erased_chat(request)
+    }
+
+    fn chat_stream(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatStream>> + Send {
+        self.erased_chat_stream(request)
+    }
+
+    fn stats(&self) -> Option<EngineStats> {
+        self.erased_stats()
+    }
+}
+
+impl<P: Pipeline + ?Sized> Pipeline for Arc<P> {
+    fn model_id(&self) -> &str {
+        P::model_id(self)
+    }
+
+    fn chat(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatCompletion>> + Send {
+        P::chat(self, request)
+    }
+
+    fn chat_stream(
+        &self,
+        request: ChatCompletionRequest,
+    ) -> impl Future<Output = Result<ChatStream>> + Send {
+        P::chat_stream(self, request)
+    }
+
+    fn stats(&self) -> Option<EngineStats> {
+        P::stats(self)
+    }
+}
+
 /// What a backend crate loads besides the backend itself.
 #[derive(Debug, Clone)]
 pub struct ModelAssets {
@@ -188,8 +295,8 @@ impl EnginePipeline {
 
     fn metadata(&self, quote: Price, completion_tokens: u32) -> ResponseMetadata {
         ResponseMetadata {
-            price_quote: Some(quote.to_string()),
-            price_charged: Some(self.prices.charge(completion_tokens).to_string()),
+            price_quote: Some(quote),
+            price_charged: Some(self.prices.charge(completion_tokens)),
         }
     }
 

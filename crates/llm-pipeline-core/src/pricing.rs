@@ -5,10 +5,14 @@
 //! generation, and add the charge for what was actually generated (`completion_tokens`), which is
 //! never above the quote. Both are exact rationals over `u128`, reduced, never floating point:
 //! `price_per_unit` is usually in wei, where an `f64` silently loses precision.
+//!
+//! A [`Price`] goes over the wire as a JSON string, `"123"` when whole and `"123/4"` otherwise
+//! (always reduced), because a JSON number cannot carry a `u128` rational exactly.
 
 use std::fmt;
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Error, Result};
 
@@ -58,6 +62,31 @@ impl Price {
     pub fn ceil(&self) -> u128 {
         self.numerator.div_ceil(self.denominator)
     }
+
+    /// The exact sum `self + other`, reduced, or `None` if it does not fit in `u128`.
+    ///
+    /// ```
+    /// # use llm_pipeline_core::pricing::Price;
+    /// let third = Price::new(1, 3)?;
+    /// let sixth = Price::new(1, 6)?;
+    /// assert_eq!(third.checked_add(sixth), Some(Price::new(1, 2)?));
+    /// assert_eq!(Price::new(u128::MAX, 1)?.checked_add(third), None);
+    /// # Ok::<(), llm_pipeline_core::Error>(())
+    /// ```
+    pub fn checked_add(self, other: Self) -> Option<Self> {
+        // Knuth's form (TAOCP 4.5.1): with g = gcd(d1, d2) and t = n1·(d2/g) + n2·(d1/g),
+        // gcd(t, d1·d2/g) = gcd(t, g), so the reduced sum is t/g2 over (d1/g)·(d2/g2) and no
+        // intermediate grows beyond what the result itself needs.
+        let g = gcd(self.denominator, other.denominator);
+        let left = self.numerator.checked_mul(other.denominator / g)?;
+        let right = other.numerator.checked_mul(self.denominator / g)?;
+        let t = left.checked_add(right)?;
+        let g2 = gcd(t, g);
+        Some(Self {
+            numerator: t / g2,
+            denominator: (self.denominator / g).checked_mul(other.denominator / g2)?,
+        })
+    }
 }
 
 impl fmt::Display for Price {
@@ -68,6 +97,53 @@ impl fmt::Display for Price {
         } else {
             write!(f, "{}/{}", self.numerator, self.denominator)
         }
+    }
+}
+
+impl FromStr for Price {
+    type Err = Error;
+
+    /// Parses `"123"` or `"123/4"` (decimal digits only; the fraction need not be reduced).
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for `price` if the text is not of that form, a part does not fit in
+    /// `u128`, or the denominator is zero.
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = || {
+            Error::validation(
+                "price",
+                format!("expected `N` or `N/D` with decimal N and non-zero D, got `{text}`"),
+            )
+        };
+        let digits = |part: &str| -> Result<u128> {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            part.parse().map_err(|_| invalid())
+        };
+        let (numerator, denominator) = match text.split_once('/') {
+            Some((n, d)) => (digits(n)?, digits(d)?),
+            None => (digits(text)?, 1),
+        };
+        if denominator == 0 {
+            return Err(invalid());
+        }
+        Self::new(numerator, denominator)
+    }
+}
+
+impl Serialize for Price {
+    /// As the string [`Display`](fmt::Display) writes.
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Price {
+    /// From a string that [`FromStr`] accepts.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -151,6 +227,58 @@ mod tests {
     fn free_by_default_and_zero_denominator_refused() {
         assert_eq!(PriceTable::default().quote(100), Price::ZERO);
         assert!(Price::new(1, 0).is_err());
+    }
+
+    #[test]
+    fn prices_add_exactly_and_reduced() {
+        let p = |n, d| Price::new(n, d).unwrap();
+        let sum = [p(1, 3), p(1, 6), p(2, 1)]
+            .into_iter()
+            .try_fold(Price::ZERO, Price::checked_add);
+        assert_eq!(sum, Some(p(5, 2)));
+        assert_eq!(p(1, 4).checked_add(p(3, 4)), Some(p(1, 1)));
+        assert_eq!(p(0, 1).checked_add(p(7, 9)), Some(p(7, 9)));
+        // Equal large denominators add without forming their product.
+        let big = u128::MAX / 3;
+        assert_eq!(
+            p(1, big).checked_add(p(1, big)).map(|s| s.to_string()),
+            Some(format!("2/{big}"))
+        );
+    }
+
+    #[test]
+    fn price_sum_overflow_is_none() {
+        let p = |n, d| Price::new(n, d).unwrap();
+        assert_eq!(p(u128::MAX, 1).checked_add(p(1, 1)), None);
+        assert_eq!(p(u128::MAX, 1).checked_add(p(1, 2)), None);
+        // Small numerators, but the reduced denominator 2^70·(2^70 − 1) does not fit.
+        assert_eq!(p(1, 1 << 70).checked_add(p(1, (1 << 70) - 1)), None);
+        assert_eq!(
+            p(u128::MAX, 1).checked_add(Price::ZERO),
+            Some(p(u128::MAX, 1))
+        );
+    }
+
+    #[test]
+    fn parses_what_it_displays() {
+        for text in ["0", "15", "35/2", "256000000000000001792/3"] {
+            let price: Price = text.parse().unwrap();
+            assert_eq!(price.to_string(), text);
+        }
+        assert_eq!("4/2".parse::<Price>().unwrap().to_string(), "2");
+        for bad in ["", "x", "1/", "/2", "1/0", "-1", "+1", " 1", "1/2/3", "1.5"] {
+            assert!(bad.parse::<Price>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn serializes_as_the_display_string() {
+        let price = Price::new(123, 4).unwrap();
+        assert_eq!(serde_json::to_string(&price).unwrap(), r#""123/4""#);
+        assert_eq!(serde_json::to_string(&Price::ZERO).unwrap(), r#""0""#);
+        assert_eq!(serde_json::from_str::<Price>(r#""246/8""#).unwrap(), price);
+        assert!(serde_json::from_str::<Price>("123").is_err());
+        assert!(serde_json::from_str::<Price>(r#""1/0""#).is_err());
     }
 
     #[test]

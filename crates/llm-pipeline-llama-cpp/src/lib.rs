@@ -14,12 +14,8 @@ use std::sync::Arc;
 pub use backend::{KvLayout, LlamaCppBackend, kv_layout};
 pub use llama_cpp_2;
 use llm_pipeline_core::config::{PipelineConfig, Quantization};
-use llm_pipeline_core::engine::{Engine, EngineLimits};
-use llm_pipeline_core::gguf::GgufMetadata;
-use llm_pipeline_core::model::{ModelSource, find_gguf};
-use llm_pipeline_core::pipeline::{EnginePipeline, ModelAssets};
-use llm_pipeline_core::template::{ChatTemplate, SpecialTokenText};
-use llm_pipeline_core::tokenizer::Tokenizer;
+use llm_pipeline_core::load::ModelFiles;
+use llm_pipeline_core::pipeline::EnginePipeline;
 
 /// Errors of the llama.cpp backend.
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +95,7 @@ const UNQUANTIZED_FILE_TYPES: [u32; 3] = [0, 1, 32];
 /// [`llm_pipeline_core::Error`] when the model cannot be found or loaded, its tokenizer or
 /// template cannot be built, or a setting cannot be honoured.
 pub fn load(config: &PipelineConfig) -> llm_pipeline_core::Result<EnginePipeline> {
-    let location = ModelSource::parse(&config.model_id).resolve(&config.model_dir)?;
-    let path = find_gguf(&location)?;
-    let meta = GgufMetadata::from_path(&path)?;
+    let meta = ModelFiles::locate(config)?.require_gguf("the llama.cpp backend")?;
     if config.quantization == Quantization::Int8 {
         match meta.get_u32("general.file_type")? {
             Some(t) if UNQUANTIZED_FILE_TYPES.contains(&t) => {
@@ -115,38 +109,9 @@ pub fn load(config: &PipelineConfig) -> llm_pipeline_core::Result<EnginePipeline
             _ => tracing::info!("USE_8BIT: the GGUF is already quantized; loading it as stored"),
         }
     }
-    let tokenizer = Arc::new(Tokenizer::from_gguf(&meta)?);
-    let source = meta
-        .chat_template()?
-        .ok_or_else(|| llm_pipeline_core::Error::Template {
-            message: format!("{} has no tokenizer.chat_template", path.display()),
-            source: None,
-        })?;
-    let special = tokenizer.special();
-    let template = ChatTemplate::new(
-        source,
-        SpecialTokenText {
-            bos: special.bos_text.clone().unwrap_or_default(),
-            eos: special.eos_text.clone().unwrap_or_default(),
-        },
-    )?;
-    let model_id = config.model_id.clone();
-    let limits = EngineLimits {
-        max_model_len: config.max_model_len,
-        max_num_seqs: config.max_num_seqs,
-        max_num_batched_tokens: config.max_num_batched_tokens,
-        max_queue: config.max_queue,
-    };
+    let files = ModelFiles::Gguf(Arc::clone(&meta));
     let backend_config = config.clone();
-    let engine = Engine::start(
-        move || LlamaCppBackend::load(&path, &backend_config).map_err(Into::into),
-        Arc::clone(&tokenizer),
-        limits,
-    )?;
-    let assets = ModelAssets {
-        model_id,
-        tokenizer,
-        template: Arc::new(template),
-    };
-    Ok(EnginePipeline::new(engine, assets, config.prices))
+    llm_pipeline_core::load::start(config, &files, move || {
+        LlamaCppBackend::load(meta.path(), &backend_config).map_err(Into::into)
+    })
 }

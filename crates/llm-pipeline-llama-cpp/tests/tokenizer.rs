@@ -6,7 +6,6 @@
 //! compare ids over a varied corpus and a seeded random one, decoded text, per-token text, and
 //! the special tokens.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -14,21 +13,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use llm_pipeline_core::gguf::GgufMetadata;
+use llm_pipeline_core::testing::smollm2 as smollm2_path;
 use llm_pipeline_core::tokenizer::{SkipSpecial, Tokenizer};
-
-/// The SmolLM2 GGUF: `$LLM_PIPELINE_SMOLLM2`, or the `xtask` cache.
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("LLM_PIPELINE_SMOLLM2").map_or_else(
-        || PathBuf::from("/root/.cache/llm-pipeline/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "test model {} is missing: run `cargo xtask models`",
-        path.display()
-    );
-    path
-}
 
 struct Fixture {
     _backend: LlamaBackend,

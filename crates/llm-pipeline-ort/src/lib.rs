@@ -16,18 +16,14 @@ pub mod layout;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub use backend::OrtBackend;
 pub use kv::{KvCopyMeter, KvCopyStats};
 use layout::{Dtype, ModelConfig, Port, Precision};
 use llm_pipeline_core::backend::BackendInfo;
 use llm_pipeline_core::config::{PipelineConfig, Quantization};
-use llm_pipeline_core::engine::{Engine, EngineLimits};
-use llm_pipeline_core::model::ModelSource;
-use llm_pipeline_core::pipeline::{EnginePipeline, ModelAssets};
-use llm_pipeline_core::template::{ChatTemplate, SpecialTokenText};
-use llm_pipeline_core::tokenizer::Tokenizer;
+use llm_pipeline_core::load::ModelFiles;
+use llm_pipeline_core::pipeline::EnginePipeline;
 pub use ort;
 pub use runtime::{Device, Fallback, OrtOptions, Placement};
 
@@ -147,39 +143,19 @@ pub fn load_with(
             .into());
         }
     }
-    let location = ModelSource::parse(&config.model_id).resolve(&config.model_dir)?;
-    let dir = match location.extension() {
-        Some(e) if e == "onnx" => location.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        _ => location,
-    };
+    let files = ModelFiles::locate(config)?;
+    let dir = files
+        .require_directory("the ONNX Runtime backend")?
+        .to_path_buf();
     check_files(&dir)?;
-    let tokenizer = Arc::new(Tokenizer::from_dir(&dir)?);
-    let template = Arc::new(chat_template(&dir, &tokenizer)?);
-
     let meter = KvCopyMeter::default();
     let backend_meter = meter.clone();
     let backend_config = config.clone();
     let options = options.clone();
-    let limits = EngineLimits {
-        max_model_len: config.max_model_len,
-        max_num_seqs: config.max_num_seqs,
-        max_num_batched_tokens: config.max_num_batched_tokens,
-        max_queue: config.max_queue,
-    };
-    let engine = Engine::start(
-        move || {
-            OrtBackend::open_metered(&dir, &backend_config, &options, backend_meter)
-                .map_err(Into::into)
-        },
-        Arc::clone(&tokenizer),
-        limits,
-    )?;
-    let assets = ModelAssets {
-        model_id: config.model_id.clone(),
-        tokenizer,
-        template,
-    };
-    Ok((EnginePipeline::new(engine, assets, config.prices), meter))
+    let pipeline = llm_pipeline_core::load::start(config, &files, move || {
+        OrtBackend::open_metered(&dir, &backend_config, &options, backend_meter).map_err(Into::into)
+    })?;
+    Ok((pipeline, meter))
 }
 
 /// Refuses a directory without the files every export has, naming all that are missing.
@@ -208,44 +184,6 @@ fn check_files(dir: &Path) -> Result<(), OrtError> {
             missing: names.join(", "),
         })
     }
-}
-
-/// The chat template: `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`
-/// (a string, or a list of named templates of which `default` is taken).
-fn chat_template(dir: &Path, tokenizer: &Tokenizer) -> llm_pipeline_core::Result<ChatTemplate> {
-    let io = |path: PathBuf| move |source| llm_pipeline_core::Error::Io { path, source };
-    let jinja = dir.join("chat_template.jinja");
-    let source = if jinja.is_file() {
-        std::fs::read_to_string(&jinja).map_err(io(jinja.clone()))?
-    } else {
-        let path = dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&path).map_err(io(path.clone()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| llm_pipeline_core::Error::Template {
-                message: format!("{} is not valid JSON: {e}", path.display()),
-                source: None,
-            })?;
-        let template = match value.get("chat_template") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
-            _ => None,
-        };
-        template.ok_or_else(|| llm_pipeline_core::Error::Template {
-            message: format!("{} has no chat_template", path.display()),
-            source: None,
-        })?
-    };
-    let special = tokenizer.special();
-    ChatTemplate::new(
-        &source,
-        SpecialTokenText {
-            bos: special.bos_text.clone().unwrap_or_default(),
-            eos: special.eos_text.clone().unwrap_or_default(),
-        },
-    )
 }
 
 fn port(outlet: &ort::value::Outlet) -> Port {

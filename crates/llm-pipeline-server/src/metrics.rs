@@ -5,6 +5,10 @@
 //! atomics; the per-route status counts and the price totals, which need a map or an exact
 //! rational, sit behind short `std` mutexes that are never held across an await. Engine figures
 //! (queue length, running sequences) are read from the pipeline at scrape time, not copied.
+//!
+//! A scrape first reads everything into a [`Snapshot`]; the exposition is then one loop over
+//! [`METRICS`], a table that gives each metric its name, help, type and how to read it from the
+//! snapshot. Adding a metric is adding a row.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -55,19 +59,46 @@ impl Histogram {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut total = 0;
+        let cumulative = self
+            .counts
+            .iter()
+            .map(|count| {
+                total += count.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        HistogramSnapshot {
+            bounds: self.bounds,
+            cumulative,
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A histogram as read at one scrape.
+#[derive(Debug)]
+struct HistogramSnapshot {
+    bounds: &'static [f64],
+    /// Cumulative counts per bucket, the last one for `+Inf`.
+    cumulative: Vec<u64>,
+    /// The sum of the observations, in seconds.
+    sum: f64,
+}
+
+impl HistogramSnapshot {
+    /// The `_bucket`, `_sum` and `_count` lines of metric `name`.
+    fn write(&self, out: &mut String, name: &str) {
+        for (i, cumulative) in self.cumulative.iter().enumerate() {
             let le = self
                 .bounds
                 .get(i)
                 .map_or_else(|| "+Inf".to_owned(), f64::to_string);
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let count = self.cumulative.last().copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {count}", self.sum);
     }
 }
 
@@ -155,145 +186,245 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the engine's figures when there are some.
     pub fn render(&self, engine: Option<&EngineStats>) -> String {
+        let snapshot = self.snapshot(engine);
         let mut out = String::new();
-        counter_header(
-            &mut out,
-            "llm_http_requests_total",
-            "HTTP responses by route and status.",
-        );
-        {
-            let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            for ((route, status), n) in requests.iter() {
-                let _ = writeln!(
-                    out,
-                    "llm_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                    escape(route)
-                );
+        for metric in METRICS {
+            if let Some(sample) = (metric.read)(&snapshot) {
+                metric.write(&mut out, &sample);
             }
-        }
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters = [
-            (
-                "llm_requests_finished_total",
-                "Generation requests that ran to their end.",
-                load(&self.finished),
-            ),
-            (
-                "llm_requests_abandoned_total",
-                "Generation requests that ended early (client gone or backend failure).",
-                load(&self.abandoned),
-            ),
-            (
-                "llm_prompt_tokens_total",
-                "Prompt tokens of finished requests.",
-                load(&self.prompt_tokens),
-            ),
-            (
-                "llm_generation_tokens_total",
-                "Completion tokens of finished requests.",
-                load(&self.completion_tokens),
-            ),
-        ];
-        for (name, help, value) in counters {
-            counter_header(&mut out, name, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-        if let Some(s) = engine {
-            let gauges = [
-                (
-                    "llm_queue_waiting",
-                    "Sequences waiting to run.",
-                    s.waiting as u64,
-                ),
-                (
-                    "llm_sequences_running",
-                    "Sequences in the running batch.",
-                    s.running as u64,
-                ),
-                (
-                    "llm_sequences_in_flight",
-                    "Sequences submitted and not finished.",
-                    s.in_flight as u64,
-                ),
-                (
-                    "llm_engine_failed",
-                    "1 when a backend step has failed.",
-                    u64::from(s.failed),
-                ),
-            ];
-            for (name, help, value) in gauges {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-                );
-            }
-            let engine_counters = [
-                ("llm_engine_steps_total", "Engine steps run.", s.steps),
-                (
-                    "llm_engine_generated_tokens_total",
-                    "Tokens generated by the engine, cancelled sequences included.",
-                    s.generated_tokens,
-                ),
-                (
-                    "llm_engine_cached_tokens_total",
-                    "Tokens whose KV cache was reused from earlier requests instead of computed.",
-                    s.cached_tokens,
-                ),
-                (
-                    "llm_engine_preemptions_total",
-                    "Sequences preempted for KV space.",
-                    s.preemptions,
-                ),
-                (
-                    "llm_engine_cancelled_total",
-                    "Sequences cancelled because their client went away.",
-                    s.cancelled,
-                ),
-            ];
-            for (name, help, value) in engine_counters {
-                counter_header(&mut out, name, help);
-                let _ = writeln!(out, "{name} {value}");
-            }
-        }
-        self.ttft.render(
-            &mut out,
-            "llm_time_to_first_token_seconds",
-            "Time from arrival to the first streamed text.",
-        );
-        self.tpot.render(
-            &mut out,
-            "llm_time_per_output_token_seconds",
-            "Mean time between streamed tokens of a request.",
-        );
-        self.duration.render(
-            &mut out,
-            "llm_request_duration_seconds",
-            "Time from arrival to the end of finished generation requests.",
-        );
-        for (name, help, total) in [
-            (
-                "llm_price_quoted_total",
-                "Sum of quotes (max_tokens at the price table), in the price currency.",
-                &self.quoted,
-            ),
-            (
-                "llm_price_charged_total",
-                "Sum of charges (completion tokens at the price table), in the price currency.",
-                &self.charged,
-            ),
-        ] {
-            let total = *total.lock().unwrap_or_else(|e| e.into_inner());
-            counter_header(&mut out, name, help);
-            let value = total.numerator() as f64 / total.denominator() as f64;
-            let _ = writeln!(out, "{name} {value}");
         }
         out
     }
+
+    fn snapshot(&self, engine: Option<&EngineStats>) -> Snapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let price = |total: &Mutex<Price>| *total.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            requests: self
+                .requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            finished: load(&self.finished),
+            abandoned: load(&self.abandoned),
+            prompt_tokens: load(&self.prompt_tokens),
+            completion_tokens: load(&self.completion_tokens),
+            engine: engine.copied(),
+            ttft: self.ttft.snapshot(),
+            tpot: self.tpot.snapshot(),
+            duration: self.duration.snapshot(),
+            quoted: price(&self.quoted),
+            charged: price(&self.charged),
+        }
+    }
 }
 
-fn counter_header(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+/// Everything a scrape shows, read once, so that the [`METRICS`] table only formats it.
+#[derive(Debug)]
+struct Snapshot {
+    requests: BTreeMap<(String, u16), u64>,
+    finished: u64,
+    abandoned: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    engine: Option<EngineStats>,
+    ttft: HistogramSnapshot,
+    tpot: HistogramSnapshot,
+    duration: HistogramSnapshot,
+    quoted: Price,
+    charged: Price,
 }
+
+impl Snapshot {
+    /// An engine figure, when the pipeline reported its stats.
+    fn engine(&self, read: fn(&EngineStats) -> u64) -> Option<Sample<'_>> {
+        self.engine.as_ref().map(|e| Sample::Count(read(e)))
+    }
+}
+
+/// A Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+        }
+    }
+}
+
+/// What one metric shows at a scrape.
+#[derive(Debug)]
+enum Sample<'s> {
+    /// One unlabelled whole number.
+    Count(u64),
+    /// One unlabelled amount of the price currency, written as a float (Prometheus has no
+    /// rationals; the exact figures are in the responses and the logs).
+    Price(Price),
+    /// One number per `(route, status)`.
+    ByRouteAndStatus(&'s BTreeMap<(String, u16), u64>),
+    /// A histogram's buckets, sum and count.
+    Histogram(&'s HistogramSnapshot),
+}
+
+/// One row of [`METRICS`].
+#[derive(Debug)]
+struct Descriptor {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    /// The metric's sample in a snapshot; `None` leaves the metric out of the exposition.
+    read: fn(&Snapshot) -> Option<Sample<'_>>,
+}
+
+impl Descriptor {
+    /// The `# HELP` and `# TYPE` lines, then the sample lines.
+    fn write(&self, out: &mut String, sample: &Sample<'_>) {
+        let (name, help, kind) = (self.name, self.help, self.kind.as_str());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        match sample {
+            Sample::Count(value) => {
+                let _ = writeln!(out, "{name} {value}");
+            }
+            Sample::Price(price) => {
+                let value = price.numerator() as f64 / price.denominator() as f64;
+                let _ = writeln!(out, "{name} {value}");
+            }
+            Sample::ByRouteAndStatus(counts) => {
+                for ((route, status), n) in counts.iter() {
+                    let route = escape(route);
+                    let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+                }
+            }
+            Sample::Histogram(histogram) => histogram.write(out, name),
+        }
+    }
+}
+
+/// Every metric, in exposition order.
+const METRICS: &[Descriptor] = &[
+    Descriptor {
+        name: "llm_http_requests_total",
+        help: "HTTP responses by route and status.",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::ByRouteAndStatus(&s.requests)),
+    },
+    Descriptor {
+        name: "llm_requests_finished_total",
+        help: "Generation requests that ran to their end.",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::Count(s.finished)),
+    },
+    Descriptor {
+        name: "llm_requests_abandoned_total",
+        help: "Generation requests that ended early (client gone or backend failure).",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::Count(s.abandoned)),
+    },
+    Descriptor {
+        name: "llm_prompt_tokens_total",
+        help: "Prompt tokens of finished requests.",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::Count(s.prompt_tokens)),
+    },
+    Descriptor {
+        name: "llm_generation_tokens_total",
+        help: "Completion tokens of finished requests.",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::Count(s.completion_tokens)),
+    },
+    Descriptor {
+        name: "llm_queue_waiting",
+        help: "Sequences waiting to run.",
+        kind: Kind::Gauge,
+        read: |s| s.engine(|e| e.waiting as u64),
+    },
+    Descriptor {
+        name: "llm_sequences_running",
+        help: "Sequences in the running batch.",
+        kind: Kind::Gauge,
+        read: |s| s.engine(|e| e.running as u64),
+    },
+    Descriptor {
+        name: "llm_sequences_in_flight",
+        help: "Sequences submitted and not finished.",
+        kind: Kind::Gauge,
+        read: |s| s.engine(|e| e.in_flight as u64),
+    },
+    Descriptor {
+        name: "llm_engine_failed",
+        help: "1 when a backend step has failed.",
+        kind: Kind::Gauge,
+        read: |s| s.engine(|e| u64::from(e.failed)),
+    },
+    Descriptor {
+        name: "llm_engine_steps_total",
+        help: "Engine steps run.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.steps),
+    },
+    Descriptor {
+        name: "llm_engine_generated_tokens_total",
+        help: "Tokens generated by the engine, cancelled sequences included.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.generated_tokens),
+    },
+    Descriptor {
+        name: "llm_engine_cached_tokens_total",
+        help: "Tokens whose KV cache was reused from earlier requests instead of computed.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.cached_tokens),
+    },
+    Descriptor {
+        name: "llm_engine_preemptions_total",
+        help: "Sequences preempted for KV space.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.preemptions),
+    },
+    Descriptor {
+        name: "llm_engine_cancelled_total",
+        help: "Sequences cancelled because their client went away.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.cancelled),
+    },
+    Descriptor {
+        name: "llm_time_to_first_token_seconds",
+        help: "Time from arrival to the first streamed text.",
+        kind: Kind::Histogram,
+        read: |s| Some(Sample::Histogram(&s.ttft)),
+    },
+    Descriptor {
+        name: "llm_time_per_output_token_seconds",
+        help: "Mean time between streamed tokens of a request.",
+        kind: Kind::Histogram,
+        read: |s| Some(Sample::Histogram(&s.tpot)),
+    },
+    Descriptor {
+        name: "llm_request_duration_seconds",
+        help: "Time from arrival to the end of finished generation requests.",
+        kind: Kind::Histogram,
+        read: |s| Some(Sample::Histogram(&s.duration)),
+    },
+    Descriptor {
+        name: "llm_price_quoted_total",
+        help: "Sum of quotes (max_tokens at the price table), in the price currency.",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::Price(s.quoted)),
+    },
+    Descriptor {
+        name: "llm_price_charged_total",
+        help: "Sum of charges (completion tokens at the price table), in the price currency.",
+        kind: Kind::Counter,
+        read: |s| Some(Sample::Price(s.charged)),
+    },
+];
 
 fn escape(label: &str) -> String {
     label
@@ -304,46 +435,28 @@ fn escape(label: &str) -> String {
 
 /// Adds `amount` to `total` exactly; a sum that would overflow `u128` saturates at the old total.
 fn add_price(total: &Mutex<Price>, amount: Option<Price>) {
-    let Some(b) = amount else { return };
+    let Some(amount) = amount else { return };
     let mut total = total.lock().unwrap_or_else(|e| e.into_inner());
-    let a = *total;
-    let sum = (|| {
-        let g = gcd(a.denominator(), b.denominator());
-        let lcm = (a.denominator() / g).checked_mul(b.denominator())?;
-        let left = a.numerator().checked_mul(lcm / a.denominator())?;
-        let right = b.numerator().checked_mul(lcm / b.denominator())?;
-        Price::new(left.checked_add(right)?, lcm).ok()
-    })();
-    if let Some(sum) = sum {
+    if let Some(sum) = total.checked_add(amount) {
         *total = sum;
     }
 }
 
-fn gcd(mut a: u128, mut b: u128) -> u128 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a.max(1)
-}
-
-/// Parses a price as the pipeline writes it in response metadata: `"123"` or `"123/4"`.
-pub(crate) fn parse_price(text: &str) -> Option<Price> {
-    let (n, d) = text.split_once('/').unwrap_or((text, "1"));
-    Price::new(n.trim().parse().ok()?, d.trim().parse().ok()?).ok()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
-    fn prices_add_exactly() {
+    fn price_totals_add_exactly_and_keep_the_total_on_overflow() {
         let total = Mutex::new(Price::ZERO);
-        add_price(&total, parse_price("1/3"));
-        add_price(&total, parse_price("1/6"));
-        add_price(&total, parse_price("2"));
-        assert_eq!(*total.lock().unwrap(), Price::new(5, 2).unwrap());
-        assert_eq!(parse_price("x"), None);
+        add_price(&total, Price::new(1, 3).ok());
+        add_price(&total, None);
+        add_price(&total, Price::new(1, 6).ok());
+        assert_eq!(*total.lock().unwrap(), Price::new(1, 2).unwrap());
+        add_price(&total, Price::new(u128::MAX, 1).ok());
+        assert_eq!(*total.lock().unwrap(), Price::new(1, 2).unwrap());
     }
 
     #[test]
@@ -353,11 +466,51 @@ mod tests {
         h.observe(Duration::from_millis(500));
         h.observe(Duration::from_secs(5));
         let mut out = String::new();
-        h.render(&mut out, "x", "help");
+        h.snapshot().write(&mut out, "x");
         assert!(out.contains("x_bucket{le=\"0.1\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"1\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count 3\n"), "{out}");
         assert!(out.contains("x_sum 5.55\n"), "{out}");
+    }
+
+    #[test]
+    fn every_metric_has_a_unique_name_help_and_type() {
+        let mut names = HashSet::new();
+        for metric in METRICS {
+            assert!(names.insert(metric.name), "{} twice", metric.name);
+            assert!(!metric.help.is_empty(), "{} has no help", metric.name);
+        }
+        let metrics = Metrics::default();
+        metrics.record_response("/health", 200);
+        let out = metrics.render(Some(&EngineStats::default()));
+        for metric in METRICS {
+            let name = metric.name;
+            let help = format!("# HELP {name} {}\n", metric.help);
+            let kind = format!("# TYPE {name} {}\n", metric.kind.as_str());
+            assert_eq!(out.matches(&help).count(), 1, "{name}:\n{out}");
+            assert_eq!(out.matches(&kind).count(), 1, "{name}:\n{out}");
+        }
+        // Every sample belongs to a described metric, histograms by their suffixes.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let sample = line.split(['{', ' ']).next().unwrap();
+            let described = METRICS.iter().any(|m| match m.kind {
+                Kind::Histogram => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| sample.strip_suffix(suffix) == Some(m.name)),
+                Kind::Counter | Kind::Gauge => sample == m.name,
+            });
+            assert!(described, "undescribed sample {line:?}");
+        }
+    }
+
+    #[test]
+    fn engine_figures_only_when_reported() {
+        let metrics = Metrics::default();
+        let without = metrics.render(None);
+        let with = metrics.render(Some(&EngineStats::default()));
+        assert!(!without.contains("llm_queue_waiting"), "{without}");
+        assert!(with.contains("llm_queue_waiting 0\n"), "{with}");
+        assert!(with.contains("llm_engine_steps_total 0\n"), "{with}");
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, Outcome, parse_price};
+use crate::metrics::{Metrics, Outcome};
 
 /// What `/health` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -178,16 +178,13 @@ impl RequestTracker {
             return;
         }
         self.done = true;
-        let price = |f: fn(&ResponseMetadata) -> Option<&String>| {
-            metadata.and_then(f).and_then(|p| parse_price(p))
-        };
         let outcome = Outcome {
             usage,
             time_to_first_token: self.first_token.map(|t| t - self.start),
             decode_time: self.first_token.zip(self.last_token).map(|(a, b)| b - a),
             duration: self.start.elapsed(),
-            quote: price(|m| m.price_quote.as_ref()),
-            charge: price(|m| m.price_charged.as_ref()),
+            quote: metadata.and_then(|m| m.price_quote),
+            charge: metadata.and_then(|m| m.price_charged),
         };
         self.metrics.record_outcome(&outcome);
         tracing::info!(
@@ -196,8 +193,8 @@ impl RequestTracker {
             completion_tokens = usage.completion_tokens,
             latency_ms = outcome.duration.as_millis() as u64,
             ttft_ms = outcome.time_to_first_token.map(|t| t.as_millis() as u64),
-            price_quote = metadata.and_then(|m| m.price_quote.as_deref()),
-            price_charged = metadata.and_then(|m| m.price_charged.as_deref()),
+            price_quote = outcome.quote.map(tracing::field::display),
+            price_charged = outcome.charge.map(tracing::field::display),
             "request finished"
         );
     }

@@ -230,23 +230,3 @@ pub fn greedy(backend: &mut CandleBackend, seq: u64, prompt: &[u32], steps: usiz
     backend.release(seq);
     out
 }
-
-/// The SmolLM2 GGUF from `$LLM_PIPELINE_SMOLLM2` (set by `cargo xtask test`), or `None` with a
-/// printed note when it is unset.
-pub fn smollm2() -> Option<PathBuf> {
-    match std::env::var_os("LLM_PIPELINE_SMOLLM2") {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "LLM_PIPELINE_SMOLLM2={} is missing",
-                p.display()
-            );
-            Some(p)
-        }
-        None => {
-            eprintln!("note: LLM_PIPELINE_SMOLLM2 is unset; skipping the SmolLM2 test");
-            None
-        }
-    }
-}

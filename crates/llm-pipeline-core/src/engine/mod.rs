@@ -378,8 +378,8 @@ impl<B: Backend> Actor<B> {
         c.waiting.store(self.waiting.len(), Ordering::SeqCst);
     }
 
-    fn retire(&mut self, seq: &Sequence, started: bool) {
-        if started {
+    fn retire(&mut self, seq: &Sequence, cache: Cache) {
+        if cache == Cache::Held {
             self.backend.release(seq.id);
         }
         let c = &self.shared.counters;
@@ -393,7 +393,7 @@ impl<B: Backend> Actor<B> {
         while i < self.running.len() {
             if self.running[i].is_cancelled() {
                 let seq = self.running.remove(i);
-                self.retire(&seq, true);
+                self.retire(&seq, Cache::Held);
                 self.shared
                     .counters
                     .cancelled
@@ -407,7 +407,7 @@ impl<B: Backend> Actor<B> {
         self.waiting = kept.into();
         for seq in &gone {
             // A preempted sequence has no KV left; one never admitted had none.
-            self.retire(seq, false);
+            self.retire(seq, Cache::Empty);
         }
         let n = (before - self.waiting.len()) as u64;
         self.shared
@@ -519,7 +519,7 @@ impl<B: Backend> Actor<B> {
         done.sort_unstable();
         for i in done.into_iter().rev() {
             let seq = self.running.remove(i);
-            self.retire(&seq, true);
+            self.retire(&seq, Cache::Held);
         }
     }
 
@@ -530,9 +530,18 @@ impl<B: Backend> Actor<B> {
         for i in idx.into_iter().rev() {
             let seq = self.running.remove(i);
             seq.fail(message);
-            self.retire(&seq, true);
+            self.retire(&seq, Cache::Held);
         }
     }
+}
+
+/// Whether a sequence that leaves the engine holds KV cells in the backend to release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cache {
+    /// It ran: the backend holds its cells.
+    Held,
+    /// Never admitted, or preempted: nothing to release.
+    Empty,
 }
 
 /// `d` in whole nanoseconds, saturating (584 years of steps fit).

@@ -4,157 +4,23 @@
 //! it checks that every batch entry starts where that sequence's cache ends; so wrong
 //! positions, lost tokens or mixed-up sequences change the output or fail the step.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, common_prefix};
 use crate::openai::FinishReason;
 use crate::sampling::SamplingParams;
+use crate::testing::{self, EOS, Observed, STOPPER, Stops, TestBackend, VOCAB};
 use crate::tokenizer::Tokenizer;
 
-const VOCAB: u32 = 64;
-const EOS: u32 = 0;
-/// After this token the model always says EOS.
-const STOPPER: u32 = 7;
-
-/// The test model: the next token after `history`.
+/// The test model, which never ends an answer on its own.
 fn next_token(history: &[u32]) -> u32 {
-    if history.last() == Some(&STOPPER) {
-        return EOS;
-    }
-    let h = history
-        .iter()
-        .fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(u64::from(t)));
-    // Never EOS or STOPPER on its own, so that lengths are controlled by the tests.
-    (h % u64::from(VOCAB - 8)) as u32 + 8
+    testing::next_token(history, Stops::Never)
 }
 
-/// Observations shared with the test.
-#[derive(Debug, Default)]
-struct Observed {
-    live: AtomicUsize,
-    max_batch_tokens: AtomicUsize,
-    max_batch_seqs: AtomicUsize,
-    steps: Mutex<Vec<usize>>,
-}
-
-#[derive(Debug)]
-struct TestBackend {
-    info: BackendInfo,
-    kv: HashMap<SeqId, Vec<u32>>,
-    /// Caches of released sequences, kept for reuse when `prefix_cache` is on.
-    kept: Vec<Vec<u32>>,
-    prefix_cache: bool,
-    seen: Arc<Observed>,
-    step_delay: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct TestError(String);
-
-impl Backend for TestBackend {
-    type Error = TestError;
-
-    fn info(&self) -> &BackendInfo {
-        &self.info
-    }
-
-    fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits) -> Result<(), TestError> {
-        std::thread::sleep(self.step_delay);
-        let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
-        self.seen
-            .max_batch_tokens
-            .fetch_max(tokens, Ordering::SeqCst);
-        self.seen
-            .max_batch_seqs
-            .fetch_max(batch.len(), Ordering::SeqCst);
-        self.seen.steps.lock().unwrap().push(tokens);
-        if tokens > self.info.max_batch_tokens as usize || batch.len() > self.info.max_seqs as usize
-        {
-            return Err(TestError(format!(
-                "batch of {tokens} tokens / {} seqs",
-                batch.len()
-            )));
-        }
-        let used: usize = self.kv.values().map(Vec::len).sum();
-        if used + tokens > self.info.kv_capacity as usize {
-            return Err(TestError("out of KV cells".into()));
-        }
-        for e in batch {
-            let cache = self.kv.entry(e.seq).or_default();
-            if cache.len() != e.start as usize {
-                return Err(TestError(format!(
-                    "seq {} starts at {} but its cache holds {}",
-                    e.seq,
-                    e.start,
-                    cache.len()
-                )));
-            }
-            cache.extend_from_slice(e.tokens);
-            if e.wants_logits {
-                let mut row = vec![0.0; VOCAB as usize];
-                row[next_token(cache) as usize] = 10.0;
-                logits.push_row(&row);
-            }
-        }
-        self.seen.live.store(self.kv.len(), Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn release(&mut self, seq: SeqId) {
-        if let Some(cache) = self.kv.remove(&seq)
-            && self.prefix_cache
-        {
-            self.kept.push(cache);
-        }
-        self.seen.live.store(self.kv.len(), Ordering::SeqCst);
-    }
-
-    fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
-        let Some((i, n)) = self
-            .kept
-            .iter()
-            .map(|kept| common_prefix(kept, tokens))
-            .enumerate()
-            .max_by_key(|&(_, n)| n)
-        else {
-            return 0;
-        };
-        let mut cache = self.kept.swap_remove(i);
-        cache.truncate(n);
-        self.kv.insert(seq, cache);
-        n as u32
-    }
-}
-
-/// A word-level tokenizer over `t0 … t63` with `t0` as EOS.
 fn tokenizer() -> Arc<Tokenizer> {
-    static TOKENIZER: std::sync::OnceLock<Arc<Tokenizer>> = std::sync::OnceLock::new();
-    Arc::clone(TOKENIZER.get_or_init(write_tokenizer))
-}
-
-fn write_tokenizer() -> Arc<Tokenizer> {
-    let dir = std::env::temp_dir().join(format!("llmp-engine-tok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..VOCAB).map(|i| (format!("t{i}"), i.into())).collect();
-    let json = serde_json::json!({
-        "version": "1.0",
-        "added_tokens": [{"id": 0, "content": "t0", "single_word": false, "lstrip": false,
-                          "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t1"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t0"}"#).unwrap();
-    Arc::new(Tokenizer::from_dir(&dir).unwrap())
+    testing::word_tokenizer(false)
 }
 
 struct Setup {
@@ -184,24 +50,14 @@ impl Default for Setup {
 fn start(setup: Setup) -> (Engine, Arc<Observed>) {
     let seen = Arc::new(Observed::default());
     let observed = Arc::clone(&seen);
-    let info = BackendInfo {
-        vocab_size: VOCAB as usize,
-        trained_context: 4096,
-        kv_capacity: setup.kv_capacity,
-        max_batch_tokens: setup.max_batch_tokens,
-        max_seqs: setup.max_seqs,
-        description: "test".into(),
-    };
+    let info = testing::test_info(setup.kv_capacity, setup.max_batch_tokens, setup.max_seqs);
     let engine = Engine::start(
         move || {
-            Ok(TestBackend {
-                info,
-                kv: HashMap::new(),
-                kept: Vec::new(),
-                prefix_cache: setup.prefix_cache,
-                seen: observed,
-                step_delay: setup.step_delay,
-            })
+            Ok(TestBackend::new(info, Stops::Never)
+                .with_prefix_cache(setup.prefix_cache)
+                .with_step_delay(setup.step_delay)
+                .with_peak_logit(10.0)
+                .observed_by(observed))
         },
         tokenizer(),
         EngineLimits {

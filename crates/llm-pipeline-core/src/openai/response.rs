@@ -11,6 +11,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::message::Role;
+use crate::pricing::Price;
 
 /// A whole answer: the body of a non-streamed chat completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -386,16 +387,17 @@ fn clamp_logprob(logprob: f32) -> f32 {
     }
 }
 
-/// Extension: pricing of the request, rendered by [`crate::pricing`] as exact rationals
-/// (`"123/4"`). Sent as `"metadata"` on a completion and on a stream's last chunk.
+/// Extension: pricing of the request, as exact [`Price`]s, which go over the wire as reduced
+/// rational strings (`"123/4"`). Sent as `"metadata"` on a completion and on a stream's last
+/// chunk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseMetadata {
     /// The price quoted before generation (`max_tokens × price per unit / units`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub price_quote: Option<String>,
+    pub price_quote: Option<Price>,
     /// The price charged for the tokens actually used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub price_charged: Option<String>,
+    pub price_charged: Option<Price>,
 }
 
 #[cfg(test)]
@@ -451,13 +453,17 @@ mod tests {
     fn completion_carries_pricing_metadata_when_set() {
         let mut completion = completion();
         completion.metadata = Some(ResponseMetadata {
-            price_quote: Some("123/4".into()),
-            price_charged: Some("9/2".into()),
+            price_quote: Some(Price::new(123, 4).unwrap()),
+            price_charged: Some(Price::new(18, 4).unwrap()),
         });
         let value = serde_json::to_value(&completion).unwrap();
         assert_eq!(
             value["metadata"],
             json!({"price_quote": "123/4", "price_charged": "9/2"})
+        );
+        assert_eq!(
+            serde_json::from_value::<ChatCompletion>(value).unwrap(),
+            completion
         );
     }
 

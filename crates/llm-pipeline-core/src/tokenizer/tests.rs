@@ -1,7 +1,7 @@
 //! Tests against the real SmolLM2 GGUF.
 
 use super::*;
-use crate::gguf::tests::smollm2_path;
+use crate::testing::smollm2 as smollm2_path;
 
 fn smollm2() -> Tokenizer {
     let meta = GgufMetadata::from_path(smollm2_path()).unwrap();

@@ -4,21 +4,12 @@ use std::path::PathBuf;
 
 use llm_pipeline_core::config::PipelineConfig;
 
-/// An export directory: `$var`, or `name` in the xtask cache.
+/// An export directory: `$var`, or `onnx/{name}` in the xtask cache.
 fn fixture(var: &str, name: &str) -> PathBuf {
-    let dir = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        let root = std::env::var_os("LLM_PIPELINE_CACHE").map_or_else(
-            || {
-                let home = std::env::var_os("HOME").map_or_else(|| "/tmp".into(), PathBuf::from);
-                home.join(".cache/llm-pipeline")
-            },
-            PathBuf::from,
-        );
-        root.join("models/onnx").join(name)
-    });
+    let dir = llm_pipeline_core::testing::fixture(var, &format!("onnx/{name}"));
     assert!(
         dir.join("model.onnx").is_file(),
-        "{} is missing: run `cargo xtask models` (or `cargo xtask test`)",
+        "{} holds no model.onnx: run `cargo xtask models` (or `cargo xtask test`)",
         dir.display()
     );
     dir

@@ -176,3 +176,28 @@ async fn a_queued_stream_sends_keep_alive_comments() {
     assert!(saw_comment);
     assert_eq!(s.pipeline.engine().stats().waiting, 1);
 }
+
+#[tokio::test]
+async fn a_type_erased_pipeline_serves_like_the_concrete_one() {
+    use std::sync::Arc;
+
+    use llm_pipeline_core::pipeline::DynPipeline;
+    use llm_pipeline_server::{ServerConfig, ServerState, router};
+
+    let (concrete, _) = pipeline(&Setup::default());
+    let erased: Arc<dyn DynPipeline> = Arc::new(concrete.clone());
+    let router = router(ServerState::new(erased, ServerConfig::default()));
+    let body = chat_body("t12 t30 hello", 6);
+    let (text, reason, _) = expected(&concrete, &body).await;
+    let v = call(&router, post("/v1/chat/completions", &body))
+        .await
+        .json();
+    assert_eq!(v["model"], MODEL_ID);
+    assert_eq!(v["choices"][0]["message"]["content"], text.as_str());
+    assert_eq!(v["choices"][0]["finish_reason"], json!(reason));
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    let streamed = call(&router, post("/v1/chat/completions", &stream_body)).await;
+    assert_eq!(streamed_text(&chunks(&streamed.sse_data())), text);
+    settle(&concrete).await;
+}

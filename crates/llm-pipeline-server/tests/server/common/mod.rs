@@ -9,132 +9,33 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
 use llm_pipeline_core::engine::{Engine, EngineLimits, EngineStats};
 use llm_pipeline_core::openai::{ChatCompletionRequest, ChatMessage, FinishReason};
 use llm_pipeline_core::pipeline::{EnginePipeline, ModelAssets};
 use llm_pipeline_core::pricing::PriceTable;
 use llm_pipeline_core::template::{ChatTemplate, SpecialTokenText};
+use llm_pipeline_core::testing::{self, CHATML_TEMPLATE, Observed, Stops, TestBackend};
+pub use llm_pipeline_core::testing::{EOS, VOCAB};
 use llm_pipeline_core::tokenizer::{SkipSpecial, Tokenizer};
 use llm_pipeline_server::{ServerConfig, ServerState, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub const MODEL_ID: &str = "tiny-chatml";
-pub const VOCAB: u32 = 64;
-pub const EOS: u32 = 0;
-/// After this token the model always says EOS.
-pub const STOPPER: u32 = 7;
-/// Ids of the ChatML words in the vocabulary.
-const CHATML: [(&str, u32); 5] = [
-    ("<|im_start|>", 2),
-    ("<|im_end|>", 3),
-    ("system", 4),
-    ("user", 5),
-    ("assistant", 6),
-];
-const TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' \
-    + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}\
-    {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-/// The model: the next token after `history`.
+/// The model: the next token after `history` (it may end an answer on its own).
 pub fn next_token(history: &[u32]) -> u32 {
-    if history.last() == Some(&STOPPER) {
-        return EOS;
-    }
-    let h = history
-        .iter()
-        .fold(17u64, |h, &t| h.wrapping_mul(31).wrapping_add(u64::from(t)));
-    (h % u64::from(VOCAB - STOPPER)) as u32 + STOPPER
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TestError(String);
-
-#[derive(Debug)]
-struct TestBackend {
-    info: BackendInfo,
-    kv: HashMap<SeqId, Vec<u32>>,
-    step_delay: Duration,
-    steps: usize,
-    fail_at_step: Option<usize>,
-    live: Arc<AtomicUsize>,
-}
-
-impl Backend for TestBackend {
-    type Error = TestError;
-
-    fn info(&self) -> &BackendInfo {
-        &self.info
-    }
-
-    fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits) -> Result<(), TestError> {
-        std::thread::sleep(self.step_delay);
-        self.steps += 1;
-        if self.fail_at_step == Some(self.steps) {
-            return Err(TestError("simulated device fault at 0xdeadbeef".into()));
-        }
-        for e in batch {
-            let cache = self.kv.entry(e.seq).or_default();
-            if cache.len() != e.start as usize {
-                return Err(TestError(format!("seq {} starts at {}", e.seq, e.start)));
-            }
-            cache.extend_from_slice(e.tokens);
-            if e.wants_logits {
-                let mut row = vec![0.0; VOCAB as usize];
-                row[next_token(cache) as usize] = 30.0;
-                logits.push_row(&row);
-            }
-        }
-        self.live.store(self.kv.len(), Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn release(&mut self, seq: SeqId) {
-        self.kv.remove(&seq);
-        self.live.store(self.kv.len(), Ordering::SeqCst);
-    }
+    testing::next_token(history, Stops::Naturally)
 }
 
 fn tokenizer() -> Arc<Tokenizer> {
-    static TOKENIZER: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    Arc::clone(TOKENIZER.get_or_init(write_tokenizer))
-}
-
-fn write_tokenizer() -> Arc<Tokenizer> {
-    let dir = std::env::temp_dir().join(format!("llmp-server-tok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut vocab: serde_json::Map<String, Value> =
-        (0..VOCAB).map(|i| (format!("t{i}"), i.into())).collect();
-    for (word, id) in CHATML {
-        vocab.remove(&format!("t{id}"));
-        vocab.insert(word.to_owned(), id.into());
-    }
-    let added = |id: u32, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-               "rstrip": false, "normalized": false, "special": true})
-    };
-    let json = json!({
-        "version": "1.0",
-        "added_tokens": [added(0, "t0"), added(2, "<|im_start|>"), added(3, "<|im_end|>")],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t1"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "t0"}"#).unwrap();
-    Arc::new(Tokenizer::from_dir(&dir).unwrap())
+    testing::word_tokenizer(true)
 }
 
 /// How to build the server under test.
@@ -160,29 +61,18 @@ impl Default for Setup {
     }
 }
 
-/// A pipeline over the test model.
-pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<AtomicUsize>) {
-    let live = Arc::new(AtomicUsize::new(0));
-    let backend_live = Arc::clone(&live);
-    let info = BackendInfo {
-        vocab_size: VOCAB as usize,
-        trained_context: 4096,
-        kv_capacity: 16_384,
-        max_batch_tokens: 512,
-        max_seqs: setup.max_seqs,
-        description: "test backend".into(),
-    };
+/// A pipeline over the test model, and what its backend sees.
+pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
+    let observed = Arc::new(Observed::default());
+    let backend_observed = Arc::clone(&observed);
+    let info = testing::test_info(16_384, 512, setup.max_seqs);
     let (step_delay, fail_at_step) = (setup.step_delay, setup.fail_at_step);
     let engine = Engine::start(
         move || {
-            Ok(TestBackend {
-                info,
-                kv: HashMap::new(),
-                step_delay,
-                steps: 0,
-                fail_at_step,
-                live: backend_live,
-            })
+            Ok(TestBackend::new(info, Stops::Naturally)
+                .with_step_delay(step_delay)
+                .failing_at_step(fail_at_step)
+                .observed_by(backend_observed))
         },
         tokenizer(),
         EngineLimits {
@@ -196,13 +86,15 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<AtomicUsize>) {
     let assets = ModelAssets {
         model_id: MODEL_ID.to_owned(),
         tokenizer: tokenizer(),
-        template: Arc::new(ChatTemplate::new(TEMPLATE, SpecialTokenText::default()).unwrap()),
+        template: Arc::new(
+            ChatTemplate::new(CHATML_TEMPLATE, SpecialTokenText::default()).unwrap(),
+        ),
     };
     let prices = PriceTable {
         price_per_unit: 3,
         pixels_per_unit: 2,
     };
-    (EnginePipeline::new(engine, assets, prices), live)
+    (EnginePipeline::new(engine, assets, prices), observed)
 }
 
 /// The server under test.
@@ -210,18 +102,18 @@ pub struct Server {
     pub router: Router,
     pub pipeline: EnginePipeline,
     pub state: ServerState<EnginePipeline>,
-    /// Sequences holding KV cache in the backend.
-    pub live: Arc<AtomicUsize>,
+    /// What the backend sees (`live`: sequences holding KV cache).
+    pub observed: Arc<Observed>,
 }
 
 pub fn server(setup: Setup) -> Server {
-    let (pipeline, live) = pipeline(&setup);
+    let (pipeline, observed) = pipeline(&setup);
     let state = ServerState::new(pipeline.clone(), setup.config);
     Server {
         router: router(state.clone()),
         pipeline,
         state,
-        live,
+        observed,
     }
 }
 

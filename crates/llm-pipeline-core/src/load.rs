@@ -1,0 +1,314 @@
+//! One way to load a model, shared by every backend crate.
+//!
+//! A backend crate's `load` is three steps: [`ModelFiles::locate`] finds the model named by the
+//! configuration and reads what it is (a GGUF file's header is parsed here, once per load);
+//! the crate checks it is a format it reads ([`ModelFiles::require_gguf`],
+//! [`ModelFiles::require_directory`]); and [`start`] does the rest: the tokenizer and chat
+//! template from the same files, the engine's limits from the configuration, the engine thread
+//! (which opens the backend with the crate's closure), and the [`EnginePipeline`]. The only
+//! code a backend crate owns is its [`Backend`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::config::PipelineConfig;
+use crate::engine::{Engine, EngineLimits};
+use crate::gguf::GgufMetadata;
+use crate::model::{ModelSource, find_gguf};
+use crate::pipeline::{EnginePipeline, ModelAssets};
+use crate::template::{ChatTemplate, SpecialTokenText};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// A located model: what its files are, read as far as every backend needs.
+#[derive(Debug, Clone)]
+pub enum ModelFiles {
+    /// A GGUF file, its header (metadata and tensor directory) already read.
+    Gguf(Arc<GgufMetadata>),
+    /// A Hugging Face model directory: `config.json`, `tokenizer.json`, the chat template, and
+    /// weights as safetensors or an ONNX export.
+    Directory(PathBuf),
+}
+
+impl ModelFiles {
+    /// Finds the model named by `config.model_id` (a path, or a hub id cached in `MODEL_DIR`)
+    /// and reads what it is.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`MODEL_ID`) when it cannot be found; see [`ModelFiles::at`].
+    pub fn locate(config: &PipelineConfig) -> Result<Self> {
+        let location = ModelSource::parse(&config.model_id).resolve(&config.model_dir)?;
+        Self::at(&location)
+    }
+
+    /// Reads what the model at a local path is: an `.onnx` file stands for its directory; any
+    /// other file is read as GGUF; a directory with `config.json` is a Hugging Face directory;
+    /// any other directory must hold a `.gguf` file.
+    ///
+    /// # Errors
+    /// [`Error::Gguf`] or [`Error::Io`] when a GGUF header cannot be read, [`Error::Config`]
+    /// (`MODEL_ID`) for a directory with neither `config.json` nor a `.gguf` file.
+    pub fn at(location: &Path) -> Result<Self> {
+        if location.is_file() {
+            if location.extension().is_some_and(|e| e == "onnx") {
+                let dir = location.parent().unwrap_or(Path::new("."));
+                // Optimum exports keep the graph in `onnx/` beside the tokenizer files.
+                let dir = match dir.file_name() {
+                    Some(n) if n == "onnx" && !dir.join("config.json").is_file() => {
+                        dir.parent().unwrap_or(dir)
+                    }
+                    _ => dir,
+                };
+                return Ok(Self::Directory(dir.to_path_buf()));
+            }
+            return Ok(Self::Gguf(Arc::new(GgufMetadata::from_path(location)?)));
+        }
+        if location.join("config.json").is_file() {
+            return Ok(Self::Directory(location.to_path_buf()));
+        }
+        if !location.is_dir() {
+            return Err(Error::Config {
+                variable: "MODEL_ID",
+                message: format!("{} does not exist", location.display()),
+            });
+        }
+        let gguf = find_gguf(location).map_err(|_| Error::Config {
+            variable: "MODEL_ID",
+            message: format!(
+                "{} holds neither a .gguf file nor config.json (a Hugging Face model directory)",
+                location.display()
+            ),
+        })?;
+        Ok(Self::Gguf(Arc::new(GgufMetadata::from_path(&gguf)?)))
+    }
+
+    /// The GGUF file or the directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Gguf(meta) => meta.path(),
+            Self::Directory(dir) => dir,
+        }
+    }
+
+    /// The GGUF header, for a backend that reads only GGUF. A directory that also holds a
+    /// `.gguf` file gives that file's.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`MODEL_ID`) naming `backend` when the model has no GGUF file.
+    pub fn require_gguf(&self, backend: &str) -> Result<Arc<GgufMetadata>> {
+        match self {
+            Self::Gguf(meta) => Ok(Arc::clone(meta)),
+            Self::Directory(dir) => match find_gguf(dir) {
+                Ok(path) => Ok(Arc::new(GgufMetadata::from_path(path)?)),
+                Err(_) => Err(Error::Config {
+                    variable: "MODEL_ID",
+                    message: format!(
+                        "{backend} reads GGUF files, and {} is a Hugging Face directory without \
+                         one; use the candle backend for safetensors or ONNX Runtime for an \
+                         ONNX export",
+                        dir.display()
+                    ),
+                }),
+            },
+        }
+    }
+
+    /// The directory, for a backend that reads only Hugging Face directories.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`MODEL_ID`) naming `backend` when the model is a GGUF file.
+    pub fn require_directory(&self, backend: &str) -> Result<&Path> {
+        match self {
+            Self::Directory(dir) => Ok(dir),
+            Self::Gguf(meta) => Err(Error::Config {
+                variable: "MODEL_ID",
+                message: format!(
+                    "{backend} reads model directories, and {} is a GGUF file; use the \
+                     llama-cpp or candle backend for GGUF",
+                    meta.path().display()
+                ),
+            }),
+        }
+    }
+
+    /// The model's tokenizer: from the GGUF metadata, or the directory's `tokenizer.json`.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] or [`Error::Gguf`] when it cannot be built.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            Self::Gguf(meta) => Tokenizer::from_gguf(meta),
+            Self::Directory(dir) => Tokenizer::from_dir(dir),
+        }
+    }
+
+    /// The model's chat template, with the tokenizer's BOS and EOS text.
+    ///
+    /// # Errors
+    /// [`Error::Template`] when the model has none or it does not compile; [`Error::Io`] when a
+    /// template file cannot be read.
+    pub fn chat_template(&self, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+        let source = match self {
+            Self::Gguf(meta) => meta.chat_template()?.map(str::to_owned),
+            Self::Directory(dir) => hf_chat_template(dir)?,
+        };
+        let source = source.ok_or_else(|| Error::Template {
+            message: format!(
+                "{} has no chat template (looked for {})",
+                self.path().display(),
+                match self {
+                    Self::Gguf(_) => "tokenizer.chat_template",
+                    Self::Directory(_) =>
+                        "chat_template.jinja and tokenizer_config.json's chat_template",
+                }
+            ),
+            source: None,
+        })?;
+        let special = tokenizer.special();
+        ChatTemplate::new(
+            &source,
+            SpecialTokenText {
+                bos: special.bos_text.clone().unwrap_or_default(),
+                eos: special.eos_text.clone().unwrap_or_default(),
+            },
+        )
+    }
+}
+
+/// The chat template of a Hugging Face directory, found as `transformers` finds it:
+/// `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`, a string or a list of
+/// named templates of which the one named `default` (else the first) is taken.
+///
+/// # Errors
+/// [`Error::Io`] when a file exists but cannot be read, and [`Error::Template`] when
+/// `tokenizer_config.json` is not JSON.
+pub fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return read(&jinja).map(Some);
+    }
+    let config = dir.join("tokenizer_config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&read(&config)?).map_err(|e| Error::Template {
+            message: format!("{} is not JSON: {e}", config.display()),
+            source: None,
+        })?;
+    Ok(match value.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template")?.as_str())
+            .map(str::to_owned),
+        _ => None,
+    })
+}
+
+impl From<&PipelineConfig> for EngineLimits {
+    fn from(config: &PipelineConfig) -> Self {
+        Self {
+            max_model_len: config.max_model_len,
+            max_num_seqs: config.max_num_seqs,
+            max_num_batched_tokens: config.max_num_batched_tokens,
+            max_queue: config.max_queue,
+        }
+    }
+}
+
+/// Starts a pipeline over `files`: builds the tokenizer and chat template, starts the engine
+/// thread, which opens the backend with `open`, and waits until the backend is ready.
+///
+/// # Errors
+/// The tokenizer's, the template's, or `open`'s error.
+pub fn start<B, F>(config: &PipelineConfig, files: &ModelFiles, open: F) -> Result<EnginePipeline>
+where
+    B: Backend + 'static,
+    F: FnOnce() -> Result<B> + Send + 'static,
+{
+    let tokenizer = Arc::new(files.tokenizer()?);
+    let template = Arc::new(files.chat_template(&tokenizer)?);
+    let engine = Engine::start(open, Arc::clone(&tokenizer), EngineLimits::from(config))?;
+    let assets = ModelAssets {
+        model_id: config.model_id.clone(),
+        tokenizer,
+        template,
+    };
+    Ok(EnginePipeline::new(engine, assets, config.prices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("llmp-load-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn templates_are_found_as_transformers_finds_them() {
+        let dir = scratch("template");
+        assert_eq!(hf_chat_template(&dir).unwrap(), None);
+        let named = r#"{"chat_template": [{"name": "tool_use", "template": "T"},
+                                          {"name": "default", "template": "D"}]}"#;
+        std::fs::write(dir.join("tokenizer_config.json"), named).unwrap();
+        assert_eq!(hf_chat_template(&dir).unwrap().as_deref(), Some("D"));
+        let first = r#"{"chat_template": [{"name": "a", "template": "A"}]}"#;
+        std::fs::write(dir.join("tokenizer_config.json"), first).unwrap();
+        assert_eq!(hf_chat_template(&dir).unwrap().as_deref(), Some("A"));
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            r#"{"chat_template": "S"}"#,
+        )
+        .unwrap();
+        assert_eq!(hf_chat_template(&dir).unwrap().as_deref(), Some("S"));
+        // `chat_template.jinja` wins over the JSON.
+        std::fs::write(dir.join("chat_template.jinja"), "J").unwrap();
+        assert_eq!(hf_chat_template(&dir).unwrap().as_deref(), Some("J"));
+        std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), "{oops").unwrap();
+        let err = hf_chat_template(&dir).unwrap_err().to_string();
+        assert!(err.contains("not JSON"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn formats_are_told_apart_and_refused_by_name() {
+        let dir = scratch("formats");
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.join("onnx")).unwrap();
+        std::fs::write(dir.join("onnx/model.onnx"), b"").unwrap();
+        let files = ModelFiles::at(&dir).unwrap();
+        assert!(matches!(&files, ModelFiles::Directory(d) if d == &dir));
+        // An `.onnx` file in `onnx/` stands for the export's directory.
+        let onnx = ModelFiles::at(&dir.join("onnx/model.onnx")).unwrap();
+        assert_eq!(onnx.path(), dir);
+        let err = files.require_gguf("llama.cpp").unwrap_err().to_string();
+        assert!(
+            err.contains("MODEL_ID") && err.contains("llama.cpp"),
+            "{err}"
+        );
+        assert_eq!(files.require_directory("ONNX Runtime").unwrap(), dir);
+        let empty = scratch("empty");
+        let err = ModelFiles::at(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("neither a .gguf file nor config.json"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&empty).unwrap();
+    }
+}
