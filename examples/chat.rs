@@ -1,7 +1,7 @@
 //! Streams one chat answer to stdout, then usage, speed and price to stderr.
 //!
 //! ```text
-//! cargo run --release --example chat -- [--model PATH_OR_HF_ID] [--backend llama-cpp]
+//! cargo run --release --example chat -- [--model PATH_OR_HF_ID] [--backend auto|llama-cpp|candle|ort]
 //!     [--max-tokens N] [--temperature T] [--seed S] [--system TEXT] "PROMPT"
 //! ```
 //! Greedy by default (temperature 0), so the same prompt gives the same answer. Livepeer's
@@ -32,7 +32,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         prompt: "What is the capital of France?".into(),
         model: None,
-        backend: "llama-cpp".into(),
+        backend: llm_pipeline::AUTO.into(),
         max_tokens: 256,
         temperature: 0.0,
         seed: 0,
@@ -50,7 +50,7 @@ fn parse_args() -> Result<Args> {
             "--system" => args.system = Some(value("--system")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: chat [--model PATH_OR_HF_ID] [--backend llama-cpp] [--max-tokens N] \
+                    "usage: chat [--model PATH_OR_HF_ID] [--backend auto|NAME] [--max-tokens N] \
                      [--temperature T] [--seed S] [--system TEXT] PROMPT"
                 );
                 std::process::exit(0);
@@ -87,14 +87,12 @@ async fn main() -> Result<()> {
             .with_cpu_kv_cache_bytes(bytes);
     }
     let loading = Instant::now();
-    let pipeline = match args.backend.as_str() {
-        "llama-cpp" => llm_pipeline::llama_cpp::load(&config)?,
-        other => bail!("unknown backend `{other}`; this build has: llama-cpp"),
-    };
+    let model_id = config.model_id.clone();
+    let pipeline = llm_pipeline::load_async(&args.backend, config).await?;
     eprintln!(
-        "loaded {} in {:.2?} on {}",
-        config.model_id,
+        "loaded {model_id} in {:.2?} with {} on {}",
         loading.elapsed(),
+        pipeline.backend().unwrap_or_default(),
         pipeline.engine().backend_info().description
     );
     let mut messages = Vec::new();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --features server --example serve -- [--model PATH_OR_HF_ID]
-//!     [--backend llama-cpp|candle|ort] [--host 0.0.0.0] [--port 8000] [--api-key TOKEN] [--max-queue N]
+//!     [--backend auto|llama-cpp|candle|ort] [--host 0.0.0.0] [--port 8000] [--api-key TOKEN] [--max-queue N]
 //!     [--max-request-bytes N]
 //! ```
 //! Flags override the environment: `HOST`, `PORT`, `AUTH_TOKEN`, `MAX_REQUEST_BYTES`, and all of
@@ -17,9 +17,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use llm_pipeline::core::config::PipelineConfig;
+use llm_pipeline::core::pipeline::Pipeline;
 use llm_pipeline::server::{ServerConfig, ServerState, router, serve, shutdown_signal};
 
-const USAGE: &str = "usage: serve [--model PATH_OR_HF_ID] [--backend llama-cpp|candle|ort] [--host ADDR] \
+const USAGE: &str = "usage: serve [--model PATH_OR_HF_ID] [--backend auto|llama-cpp|candle|ort] [--host ADDR] \
                      [--port N] [--api-key TOKEN] [--max-queue N] [--max-request-bytes N]";
 
 #[derive(Debug)]
@@ -36,7 +37,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         model: None,
-        backend: "llama-cpp".into(),
+        backend: llm_pipeline::AUTO.into(),
         host: None,
         port: None,
         api_key: None,
@@ -130,7 +131,8 @@ async fn main() -> Result<()> {
             Ok(pipeline) => {
                 tracing::info!(
                     model = %pipeline_config.model_id,
-                    backend = %pipeline.engine().backend_info().description,
+                    backend = %pipeline.backend().unwrap_or_default(),
+                    device = %pipeline.engine().backend_info().description,
                     seconds = started.elapsed().as_secs_f64(),
                     "model loaded; serving"
                 );

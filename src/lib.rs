@@ -47,7 +47,7 @@ pub mod prelude {
         ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage,
     };
     pub use crate::core::pipeline::{ChatStream, DynPipeline, EnginePipeline, Pipeline};
-    pub use crate::{BACKENDS, load, load_async};
+    pub use crate::{AUTO, BACKENDS, load, load_async};
 }
 
 /// A backend's loader: every backend builds the same [`EnginePipeline`] from a configuration.
@@ -64,12 +64,71 @@ pub const BACKENDS: &[(&str, Loader)] = &[
     ("ort", ort::load),
 ];
 
-/// The loader of the backend named `backend`.
+/// The backend name that chooses among [`BACKENDS`] by the model's files (see
+/// [`choose_backend`]); the default of the examples and of [`load`]'s callers that have no
+/// preference.
+pub const AUTO: &str = "auto";
+
+/// The backend [`AUTO`] picks for the model `config` names, and why: a GGUF goes to llama.cpp
+/// (candle when llama.cpp is not built), safetensors to candle, an ONNX export to ONNX Runtime.
+/// Only file names are read.
+///
+/// # Errors
+/// [`Error::Config`](crate::core::Error::Config): `MODEL_ID` when the model cannot be found or
+/// is in no format a backend reads (naming what was found); `backend` when the backend its
+/// format needs is not built in (naming the feature).
+pub fn choose_backend(config: &PipelineConfig) -> crate::core::Result<(&'static str, String)> {
+    use crate::core::load::ModelFormat;
+    let (format, why) = ModelFormat::detect(config)?;
+    let wanted: &[&'static str] = match format {
+        ModelFormat::Gguf => &["llama-cpp", "candle"],
+        ModelFormat::Safetensors => &["candle"],
+        ModelFormat::Onnx => &["ort"],
+    };
+    wanted
+        .iter()
+        .find(|name| BACKENDS.iter().any(|(built, _)| built == *name))
+        .map(|name| (*name, why.clone()))
+        .ok_or_else(|| crate::core::Error::Config {
+            variable: "backend",
+            message: format!(
+                "{why}, which the {} backend reads, and this build has only: {} (build with \
+                 the feature `{}`)",
+                wanted.join(" or "),
+                built_in(),
+                wanted[0]
+            ),
+        })
+}
+
+/// Loads with the backend [`choose_backend`] picks, logging it and why; the pipeline reports
+/// both through [`Pipeline::backend`](crate::core::pipeline::Pipeline::backend).
+///
+/// # Errors
+/// As [`choose_backend`], then the backend's own load errors.
+pub fn load_auto(config: &PipelineConfig) -> crate::core::Result<EnginePipeline> {
+    let (backend, why) = choose_backend(config)?;
+    tracing::info!(backend, reason = %why, "backend chosen automatically");
+    Ok(loader(backend)?(config)?.with_choice_reason(why))
+}
+
+fn built_in() -> String {
+    BACKENDS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The loader of the backend named `backend` ([`AUTO`] or one of [`BACKENDS`]).
 ///
 /// # Errors
 /// [`Error::Config`](crate::core::Error::Config) naming the backends built in when `backend` is
 /// not one of them.
 pub fn loader(backend: &str) -> crate::core::Result<Loader> {
+    if backend == AUTO {
+        return Ok(load_auto);
+    }
     BACKENDS
         .iter()
         .find(|(name, _)| *name == backend)
@@ -77,18 +136,15 @@ pub fn loader(backend: &str) -> crate::core::Result<Loader> {
         .ok_or_else(|| crate::core::Error::Config {
             variable: "backend",
             message: format!(
-                "unknown backend `{backend}`; this build has: {} (the features `llama-cpp`, \
-                 `candle` and `ort` add them)",
-                BACKENDS
-                    .iter()
-                    .map(|(name, _)| *name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "unknown backend `{backend}`; this build has: {AUTO}, {} (the features \
+                 `llama-cpp`, `candle` and `ort` add them)",
+                built_in()
             ),
         })
 }
 
-/// Loads `config.model_id` with the backend named `backend`.
+/// Loads `config.model_id` with the backend named `backend` ([`AUTO`] chooses by the model's
+/// files).
 ///
 /// It blocks the calling thread until the model is loaded (seconds for a large model): from
 /// async code, use [`load_async`].

@@ -319,3 +319,92 @@ async fn n_choices_and_pricing_metadata() {
     assert_eq!(meta.price_quote, Some(Price::ZERO));
     assert_eq!(meta.price_charged, Some(Price::ZERO));
 }
+
+#[tokio::test]
+async fn auto_picks_llama_cpp_for_a_gguf_and_says_why() {
+    let config = common::config(512, 1);
+    let (backend, why) = llm_pipeline::choose_backend(&config).unwrap();
+    assert_eq!(backend, "llama-cpp");
+    assert!(why.contains("is a GGUF file"), "{why}");
+    let pipeline = llm_pipeline::load_async(llm_pipeline::AUTO, config)
+        .await
+        .unwrap();
+    let shown = pipeline.backend().unwrap();
+    assert!(
+        shown.starts_with("llama-cpp (auto: ") && shown.contains("GGUF"),
+        "{shown}"
+    );
+    let answer = pipeline
+        .chat(sys("What is the capital of France?").with_max_tokens(16))
+        .await
+        .unwrap();
+    assert!(text(&answer).contains("Paris"), "{:?}", text(&answer));
+}
+
+#[test]
+fn auto_reads_the_format_from_file_names_and_names_what_it_found() {
+    let dir = std::env::temp_dir().join(format!("llmp-auto-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("onnx")).unwrap();
+    let config = common::config(512, 1).with_model_id(dir.to_string_lossy());
+    std::fs::write(dir.join("README.md"), "").unwrap();
+    let err = llm_pipeline::choose_backend(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("MODEL_ID") && err.contains("README.md") && err.contains("llama-cpp reads"),
+        "{err}"
+    );
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
+    std::fs::write(dir.join("onnx/model.onnx"), "").unwrap();
+    let onnx = llm_pipeline::choose_backend(&config);
+    std::fs::write(dir.join("model-00001-of-00002.safetensors"), "").unwrap();
+    let safetensors = llm_pipeline::choose_backend(&config);
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Each format goes to its backend when it is built, else the error names the feature.
+    for (result, backend, built) in [
+        (onnx, "ort", cfg!(feature = "ort")),
+        (safetensors, "candle", cfg!(feature = "candle")),
+    ] {
+        match result {
+            Ok((chosen, _)) => {
+                assert!(built, "{backend} is not built but was chosen");
+                assert_eq!(chosen, backend);
+            }
+            Err(e) => {
+                assert!(!built, "{backend} is built: {e}");
+                assert!(
+                    e.to_string().contains(&format!("feature `{backend}`")),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn chat_template_replaces_the_models_own() {
+    let file = std::env::temp_dir().join(format!("llmp-template-{}.jinja", std::process::id()));
+    std::fs::write(
+        &file,
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}",
+    )
+    .unwrap();
+    let config = common::config(512, 1).with_chat_template(&file);
+    let pipeline = llm_pipeline::load_async("llama-cpp", config).await.unwrap();
+    let tokens = pipeline.prompt_tokens(&ask("Hello there")).await.unwrap();
+    let expected = pipeline
+        .tokenizer()
+        .encode_prompt("[user] Hello there\n")
+        .unwrap();
+    assert_eq!(tokens, expected);
+    let missing = common::config(512, 1).with_chat_template(file.with_extension("absent"));
+    std::fs::remove_file(&file).unwrap();
+    let err = llm_pipeline::load("llama-cpp", &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("CHAT_TEMPLATE") && err.contains("absent"),
+        "{err}"
+    );
+}

@@ -78,10 +78,7 @@ pub(crate) fn toolkit() -> Result<Toolkit> {
     let cu13 = site.join("nvidia/cu13");
     if !cu13.join("bin/nvcc").is_file() {
         eprintln!("installing the CUDA 13.0 wheels into {}", site.display());
-        run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
-            .arg(&site)
-            .args(WHEELS))?;
+        run(crate::pip_install_into(&site).args(WHEELS))?;
     }
     let root = base.join("toolkit");
     if !root.join("lib64/stubs/libcuda.so").is_file() {

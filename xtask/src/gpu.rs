@@ -205,10 +205,7 @@ fn pack(out: &Path, dir: &str) -> Result<()> {
 fn ship_gguf_package(dest: &Path) -> Result<()> {
     let site = crate::cache_dir().join(GGUF_PACKAGE.replace("==", "-"));
     if !site.join("gguf/__init__.py").is_file() {
-        run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
-            .arg(&site)
-            .arg(GGUF_PACKAGE))?;
+        run(crate::pip_install_into(&site).arg(GGUF_PACKAGE))?;
     }
     copy_python_tree(&site.join("gguf"), &dest.join("gguf"))
 }

@@ -263,6 +263,21 @@ fn remove_dangling_library_links() {
     }
 }
 
+/// `python3 -m pip install` of wheels (no dependencies) into `dir`, quietly; add the packages.
+pub(crate) fn pip_install_into(dir: &Path) -> Command {
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+    ])
+    .args(["--disable-pip-version-check", "--no-deps", "--target"])
+    .arg(dir);
+    pip
+}
+
 /// Cargo's target directory: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
 pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -171,17 +171,7 @@ fn pip_install(wheel: &str, dir: &Path, what: &str) -> Result<()> {
     }
     let partial = dir.with_extension("part");
     let _ = std::fs::remove_dir_all(&partial);
-    let status = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("--root-user-action=ignore")
-        .args(["--no-deps", "--target"])
-        .arg(&partial)
+    let status = crate::pip_install_into(&partial)
         .arg(wheel)
         .status()
         .with_context(|| format!("running {python} -m pip"))?;

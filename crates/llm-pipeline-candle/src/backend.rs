@@ -161,6 +161,7 @@ impl CandleBackend {
             .with_prefix_caching(config.prefix_caching);
         let memory = model.weights.memory;
         let info = BackendInfo {
+            name: "candle",
             vocab_size: model.config.vocab_size,
             trained_context: model.config.max_position_embeddings,
             kv_capacity: capacity as u32,

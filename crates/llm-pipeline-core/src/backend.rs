@@ -73,6 +73,8 @@ impl Logits {
 /// What a backend tells the engine about the loaded model and its memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendInfo {
+    /// The backend's name as `--backend` takes it (`llama-cpp`, `candle`, `ort`).
+    pub name: &'static str,
     /// Logits row width.
     pub vocab_size: usize,
     /// The context length the model was trained for.

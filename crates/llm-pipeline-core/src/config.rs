@@ -8,7 +8,9 @@
 //! KV cache on CPU, like vLLM's `VLLM_CPU_KVCACHE_SPACE`, default 4), `NUM_THREADS` (CPU
 //! threads, default: the available cores), `MAX_QUEUE` (waiting requests before refusal),
 //! `ENABLE_PREFIX_CACHING` (reuse the KV cache of earlier requests' common prefixes where the
-//! backend can, default true, as in vLLM), and the prices `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
+//! backend can, default true, as in vLLM), `CHAT_TEMPLATE` (a template file replacing the
+//! model's), the hub's `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`, and the prices
+//! `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
 //!
 //! Values are checked once, here, so that everything downstream can rely on them.
 
@@ -25,6 +27,30 @@ pub enum Quantization {
     AsStored,
     /// Quantize linear layers to 8 bits where the backend can.
     Int8,
+}
+
+/// How models missing from `MODEL_DIR` are fetched from the Hugging Face Hub (the variables of
+/// `huggingface_hub`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct HubSettings {
+    /// `HF_ENDPOINT`: the hub's address; `None` for `https://huggingface.co`.
+    pub endpoint: Option<String>,
+    /// `HF_TOKEN` (or `HUGGING_FACE_HUB_TOKEN`): sent as a bearer token, for gated and private
+    /// repositories.
+    pub token: Option<String>,
+    /// `HF_HUB_OFFLINE`: never connect; only models already in `MODEL_DIR` load.
+    pub offline: bool,
+}
+
+impl std::fmt::Debug for HubSettings {
+    // The token is a credential: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSettings")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("offline", &self.offline)
+            .finish()
+    }
 }
 
 /// Everything the engine and backends need to know, validated.
@@ -59,6 +85,11 @@ pub struct PipelineConfig {
     pub prefix_caching: bool,
     /// `PRICE_PER_UNIT` / `PIXELS_PER_UNIT`.
     pub prices: PriceTable,
+    /// `CHAT_TEMPLATE`: a file holding a Jinja chat template to use instead of the model's own
+    /// (or for a model without one).
+    pub chat_template: Option<PathBuf>,
+    /// `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`: downloads of models not in `MODEL_DIR`.
+    pub hub: HubSettings,
 }
 
 impl Default for PipelineConfig {
@@ -79,6 +110,8 @@ impl Default for PipelineConfig {
             max_queue: 1024,
             prefix_caching: true,
             prices: PriceTable::default(),
+            chat_template: None,
+            hub: HubSettings::default(),
         }
     }
 }
@@ -150,6 +183,15 @@ impl PipelineConfig {
                 price_per_unit: parse_or("PRICE_PER_UNIT", get("PRICE_PER_UNIT"), 0u64)?,
                 pixels_per_unit: parse_or("PIXELS_PER_UNIT", get("PIXELS_PER_UNIT"), 1u64)?,
             },
+            chat_template: get("CHAT_TEMPLATE").map(PathBuf::from),
+            hub: HubSettings {
+                endpoint: get("HF_ENDPOINT").map(|e| e.trim_end_matches('/').to_owned()),
+                token: get("HF_TOKEN").or_else(|| get("HUGGING_FACE_HUB_TOKEN")),
+                offline: match get("HF_HUB_OFFLINE") {
+                    Some(v) => parse_bool("HF_HUB_OFFLINE", &v)?,
+                    None => false,
+                },
+            },
         };
         cfg.validated()
     }
@@ -212,6 +254,13 @@ impl PipelineConfig {
         self
     }
 
+    /// Sets `MODEL_DIR`.
+    #[must_use]
+    pub fn with_model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model_dir = dir.into();
+        self
+    }
+
     /// Sets `MAX_NUM_SEQS`.
     pub fn with_max_num_seqs(mut self, n: u32) -> Self {
         self.max_num_seqs = n;
@@ -270,6 +319,20 @@ impl PipelineConfig {
     /// Turns prefix caching on or off.
     pub fn with_prefix_caching(mut self, on: bool) -> Self {
         self.prefix_caching = on;
+        self
+    }
+
+    /// Sets how missing models are downloaded (`HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
+    #[must_use]
+    pub fn with_hub(mut self, hub: HubSettings) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    /// Sets the chat template file (`CHAT_TEMPLATE`).
+    #[must_use]
+    pub fn with_chat_template(mut self, file: impl Into<PathBuf>) -> Self {
+        self.chat_template = Some(file.into());
         self
     }
 

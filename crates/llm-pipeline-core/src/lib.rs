@@ -15,6 +15,8 @@ pub mod detokenize;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod load;
 pub mod memory;
 pub mod model;

@@ -38,7 +38,7 @@ impl ModelFiles {
     /// # Errors
     /// [`Error::Config`] (`MODEL_ID`) when it cannot be found; see [`ModelFiles::at`].
     pub fn locate(config: &PipelineConfig) -> Result<Self> {
-        let location = ModelSource::parse(&config.model_id).resolve(&config.model_dir)?;
+        let location = ModelSource::parse(&config.model_id).fetch(config)?;
         Self::at(&location)
     }
 
@@ -143,28 +143,40 @@ impl ModelFiles {
         }
     }
 
-    /// The model's chat template, with the tokenizer's BOS and EOS text.
+    /// The model's chat template (or `file`'s, which replaces it), with the tokenizer's BOS and
+    /// EOS text; `None` when the model has none and no file is given.
     ///
     /// # Errors
-    /// [`Error::Template`] when the model has none or it does not compile; [`Error::Io`] when a
-    /// template file cannot be read.
-    pub fn chat_template(&self, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
-        let source = match self {
-            Self::Gguf(meta) => meta.chat_template()?.map(str::to_owned),
-            Self::Directory(dir) => hf_chat_template(dir)?,
+    /// [`Error::Config`] (`CHAT_TEMPLATE`) when `file` cannot be read; [`Error::Template`] when
+    /// the template does not compile; [`Error::Io`] when a model's template file cannot be read.
+    pub fn chat_template(
+        &self,
+        tokenizer: &Tokenizer,
+        file: Option<&Path>,
+    ) -> Result<Option<ChatTemplate>> {
+        let source = match file {
+            Some(file) => Some(std::fs::read_to_string(file).map_err(|e| Error::Config {
+                variable: "CHAT_TEMPLATE",
+                message: format!("cannot read {}: {e}", file.display()),
+            })?),
+            None => match self {
+                Self::Gguf(meta) => meta.chat_template()?.map(str::to_owned),
+                Self::Directory(dir) => hf_chat_template(dir)?,
+            },
         };
-        let source = source.ok_or_else(|| Error::Template {
-            message: format!(
-                "{} has no chat template (looked for {})",
-                self.path().display(),
+        let Some(source) = source else {
+            tracing::warn!(
+                model = %self.path().display(),
+                "the model has no chat template (looked for {}); chat requests will be refused \
+                 until CHAT_TEMPLATE names one",
                 match self {
                     Self::Gguf(_) => "tokenizer.chat_template",
                     Self::Directory(_) =>
                         "chat_template.jinja and tokenizer_config.json's chat_template",
                 }
-            ),
-            source: None,
-        })?;
+            );
+            return Ok(None);
+        };
         let special = tokenizer.special();
         ChatTemplate::new(
             &source,
@@ -173,8 +185,100 @@ impl ModelFiles {
                 eos: special.eos_text.clone().unwrap_or_default(),
             },
         )
+        .map(Some)
     }
 }
+
+/// How a model's weights are stored, as far as choosing a backend needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A GGUF file (or a directory of them).
+    Gguf,
+    /// A Hugging Face directory with `*.safetensors` weights.
+    Safetensors,
+    /// A Hugging Face directory with an ONNX export (`model*.onnx`, at the top or in `onnx/`).
+    Onnx,
+}
+
+impl ModelFormat {
+    /// Reads the format of the model `config` names from its file names, without opening any
+    /// weights; also says why, for the log line that announces the backend.
+    ///
+    /// # Errors
+    /// [`Error::Config`] (`MODEL_ID`) when the model cannot be found, or its files are none of
+    /// the formats, naming what was found.
+    pub fn detect(config: &PipelineConfig) -> Result<(Self, String)> {
+        let location = ModelSource::parse(&config.model_id).fetch(config)?;
+        Self::detect_at(&location)
+    }
+
+    /// As [`ModelFormat::detect`], for a local path.
+    ///
+    /// # Errors
+    /// As [`ModelFormat::detect`].
+    pub fn detect_at(location: &Path) -> Result<(Self, String)> {
+        let shown = location.display();
+        if location.is_file() {
+            return match location.extension().and_then(|e| e.to_str()) {
+                Some("gguf") => Ok((Self::Gguf, format!("{shown} is a GGUF file"))),
+                Some("onnx") => Ok((Self::Onnx, format!("{shown} is an ONNX graph"))),
+                _ => Err(Error::Config {
+                    variable: "MODEL_ID",
+                    message: format!("{shown} is neither a .gguf nor an .onnx file; {}", ACCEPTED),
+                }),
+            };
+        }
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut top = names(location);
+        top.sort();
+        let has = |pred: &dyn Fn(&str) -> bool| top.iter().any(|n| pred(n));
+        let config = has(&|n| n == "config.json");
+        if config && has(&|n| n.ends_with(".safetensors") || n == "model.safetensors.index.json") {
+            return Ok((
+                Self::Safetensors,
+                format!("{shown} holds config.json and safetensors weights"),
+            ));
+        }
+        let onnx = |n: &str| n.ends_with(".onnx");
+        if config && (has(&onnx) || names(&location.join("onnx")).iter().any(|n| onnx(n))) {
+            return Ok((Self::Onnx, format!("{shown} holds an ONNX export")));
+        }
+        if has(&|n| n.ends_with(".gguf"))
+            || top.iter().any(|n| {
+                let sub = location.join(n);
+                sub.is_dir() && names(&sub).iter().any(|f| f.ends_with(".gguf"))
+            })
+        {
+            return Ok((Self::Gguf, format!("{shown} holds GGUF files")));
+        }
+        let found = if top.is_empty() {
+            "nothing (or it cannot be read)".to_owned()
+        } else {
+            let mut list = top.iter().take(12).cloned().collect::<Vec<_>>().join(", ");
+            if top.len() > 12 {
+                list.push_str(&format!(", and {} more", top.len() - 12));
+            }
+            list
+        };
+        Err(Error::Config {
+            variable: "MODEL_ID",
+            message: format!("{shown} holds {found}; {ACCEPTED}"),
+        })
+    }
+}
+
+/// What the built-in backends read, for errors about a model none of them can.
+const ACCEPTED: &str = "llama-cpp reads a GGUF file, candle a directory with config.json and \
+    *.safetensors (or a GGUF), ort a directory with config.json and model.onnx";
 
 /// The chat template of a Hugging Face directory, found as `transformers` finds it:
 /// `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`, a string or a list of
@@ -237,7 +341,9 @@ where
     F: FnOnce() -> Result<B> + Send + 'static,
 {
     let tokenizer = Arc::new(files.tokenizer()?);
-    let template = Arc::new(files.chat_template(&tokenizer)?);
+    let template = files
+        .chat_template(&tokenizer, config.chat_template.as_deref())?
+        .map(Arc::new);
     let engine = Engine::start(open, Arc::clone(&tokenizer), EngineLimits::from(config))?;
     let assets = ModelAssets {
         model_id: config.model_id.clone(),

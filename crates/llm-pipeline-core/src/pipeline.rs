@@ -57,6 +57,12 @@ pub trait Pipeline: Send + Sync {
     fn stats(&self) -> Option<EngineStats> {
         None
     }
+
+    /// The backend that runs the model (`llama-cpp`, `candle`, `ort`) and, when it was chosen
+    /// automatically, why; for `/version`, `/v1/models` and logs. `None` when unknown.
+    fn backend(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A boxed future, as [`DynPipeline`] returns.
@@ -95,6 +101,9 @@ pub trait DynPipeline: Send + Sync {
 
     /// See [`Pipeline::stats`].
     fn erased_stats(&self) -> Option<EngineStats>;
+
+    /// See [`Pipeline::backend`].
+    fn erased_backend(&self) -> Option<String>;
 }
 
 impl<P: Pipeline> DynPipeline for P {
@@ -115,6 +124,10 @@ impl<P: Pipeline> DynPipeline for P {
 
     fn erased_stats(&self) -> Option<EngineStats> {
         Pipeline::stats(self)
+    }
+
+    fn erased_backend(&self) -> Option<String> {
+        Pipeline::backend(self)
     }
 }
 
@@ -140,6 +153,10 @@ impl Pipeline for dyn DynPipeline {
     fn stats(&self) -> Option<EngineStats> {
         self.erased_stats()
     }
+
+    fn backend(&self) -> Option<String> {
+        self.erased_backend()
+    }
 }
 
 impl<P: Pipeline + ?Sized> Pipeline for Arc<P> {
@@ -164,6 +181,10 @@ impl<P: Pipeline + ?Sized> Pipeline for Arc<P> {
     fn stats(&self) -> Option<EngineStats> {
         P::stats(self)
     }
+
+    fn backend(&self) -> Option<String> {
+        P::backend(self)
+    }
 }
 
 /// What a backend crate loads besides the backend itself.
@@ -173,8 +194,9 @@ pub struct ModelAssets {
     pub model_id: String,
     /// The tokenizer.
     pub tokenizer: Arc<Tokenizer>,
-    /// The chat template.
-    pub template: Arc<ChatTemplate>,
+    /// The chat template; `None` for a model without one (a base model), whose chat requests
+    /// are then refused with a 400 that says so.
+    pub template: Option<Arc<ChatTemplate>>,
 }
 
 /// The pricing figures of one request, as exact rationals.
@@ -192,6 +214,8 @@ pub struct EnginePipeline {
     engine: Engine,
     assets: ModelAssets,
     prices: PriceTable,
+    /// Why the backend was chosen, when it was chosen automatically.
+    chosen_because: Option<Arc<str>>,
 }
 
 struct Prepared {
@@ -209,7 +233,15 @@ impl EnginePipeline {
             engine,
             assets,
             prices,
+            chosen_because: None,
         }
+    }
+
+    /// Records why the backend was chosen (shown by [`Pipeline::backend`]).
+    #[must_use]
+    pub fn with_choice_reason(mut self, reason: impl Into<Arc<str>>) -> Self {
+        self.chosen_because = Some(reason.into());
+        self
     }
 
     /// The engine, for its counters and limits.
@@ -240,7 +272,16 @@ impl EnginePipeline {
     }
 
     async fn tokenize(&self, generation: &GenerationRequest) -> Result<Vec<u32>> {
-        let template = Arc::clone(&self.assets.template);
+        let template = self.assets.template.clone().ok_or_else(|| {
+            Error::validation(
+                "messages",
+                format!(
+                    "model `{}` has no chat template (a base model); the operator can give one \
+                     with CHAT_TEMPLATE=FILE",
+                    self.assets.model_id
+                ),
+            )
+        })?;
         let tokenizer = Arc::clone(&self.assets.tokenizer);
         let messages = generation.messages.clone();
         tokio::task::spawn_blocking(move || {
@@ -432,6 +473,14 @@ impl Pipeline for EnginePipeline {
 
     fn stats(&self) -> Option<EngineStats> {
         Some(self.engine.stats())
+    }
+
+    fn backend(&self) -> Option<String> {
+        let name = self.engine.backend_info().name;
+        Some(match &self.chosen_because {
+            Some(reason) => format!("{name} (auto: {reason})"),
+            None => name.to_owned(),
+        })
     }
 }
 

@@ -131,7 +131,12 @@ pub struct TestBackend {
     seen: Arc<Observed>,
     step_delay: Duration,
     steps: usize,
-    fail_at_step: Option<usize>,
+    /// Steps (counting from 1) that fail with an error.
+    fail_steps: Vec<usize>,
+    /// Every step from this one on fails (a persistent fault).
+    fail_from: Option<usize>,
+    /// Steps that panic.
+    panic_steps: Vec<usize>,
     /// The logit of the model's token (every other token has 0).
     peak: f32,
 }
@@ -148,7 +153,9 @@ impl TestBackend {
             seen: Arc::default(),
             step_delay: Duration::ZERO,
             steps: 0,
-            fail_at_step: None,
+            fail_steps: Vec::new(),
+            fail_from: None,
+            panic_steps: Vec::new(),
             peak: 30.0,
         }
     }
@@ -167,7 +174,19 @@ impl TestBackend {
 
     /// Fails the `step`-th step (counting from 1) with a device-fault-like error.
     pub fn failing_at_step(mut self, step: Option<usize>) -> Self {
-        self.fail_at_step = step;
+        self.fail_steps.extend(step);
+        self
+    }
+
+    /// Fails every step from the `step`-th on (a fault that persists).
+    pub fn failing_from_step(mut self, step: Option<usize>) -> Self {
+        self.fail_from = step;
+        self
+    }
+
+    /// Panics in the given steps (counting from 1).
+    pub fn panicking_at_steps(mut self, steps: &[usize]) -> Self {
+        self.panic_steps = steps.to_vec();
         self
     }
 
@@ -187,6 +206,7 @@ impl TestBackend {
 /// [`BackendInfo`] for a [`TestBackend`] with these limits.
 pub fn test_info(kv_capacity: u32, max_batch_tokens: u32, max_seqs: u32) -> BackendInfo {
     BackendInfo {
+        name: "test",
         vocab_size: VOCAB as usize,
         trained_context: 4096,
         kv_capacity,
@@ -206,7 +226,11 @@ impl Backend for TestBackend {
     fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits) -> Result<(), TestError> {
         std::thread::sleep(self.step_delay);
         self.steps += 1;
-        if self.fail_at_step == Some(self.steps) {
+        if self.panic_steps.contains(&self.steps) {
+            panic!("simulated backend panic in step {}", self.steps);
+        }
+        if self.fail_steps.contains(&self.steps) || self.fail_from.is_some_and(|f| self.steps >= f)
+        {
             return Err(TestError("simulated device fault at 0xdeadbeef".into()));
         }
         let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();

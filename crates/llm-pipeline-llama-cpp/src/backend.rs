@@ -227,6 +227,7 @@ impl LlamaCppBackend {
             layout.cells_per_seq
         );
         let info = BackendInfo {
+            name: "llama-cpp",
             vocab_size: model.n_vocab() as usize,
             trained_context: model.n_ctx_train(),
             kv_capacity: ctx.n_ctx(),

@@ -272,6 +272,7 @@ fn open(
     }
     let file = model.file_name().map(|f| f.to_string_lossy().into_owned());
     let info = BackendInfo {
+        name: "ort",
         vocab_size: iface.vocab_size,
         trained_context: model_config
             .max_position_embeddings

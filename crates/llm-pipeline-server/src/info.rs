@@ -43,7 +43,8 @@ pub(crate) async fn models<P: Pipeline + Clone + 'static>(
     State(state): State<ServerState<P>>,
 ) -> Result<Json<ModelList>, ApiError> {
     let pipeline = state.pipeline()?;
-    let card = ModelCard::new(pipeline.model_id(), state.created(), OWNED_BY);
+    let card = ModelCard::new(pipeline.model_id(), state.created(), OWNED_BY)
+        .with_backend(pipeline.backend());
     Ok(Json(ModelList::new(vec![card])))
 }
 
@@ -53,6 +54,10 @@ pub(crate) struct VersionBody {
     pipeline: String,
     model_id: String,
     version: &'static str,
+    /// Extension: the backend and why it was chosen (Livepeer's gateway reads the three
+    /// fields above and ignores others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
 }
 
 /// `GET /version`.
@@ -63,6 +68,7 @@ pub(crate) async fn version<P: Pipeline + Clone + 'static>(
         pipeline: state.config().pipeline_name.clone(),
         model_id: state.model_id().to_owned(),
         version: env!("CARGO_PKG_VERSION"),
+        backend: state.pipeline().ok().and_then(|p| p.backend()),
     })
 }
 

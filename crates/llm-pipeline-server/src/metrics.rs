@@ -360,9 +360,21 @@ const METRICS: &[Descriptor] = &[
     },
     Descriptor {
         name: "llm_engine_failed",
-        help: "1 when a backend step has failed.",
+        help: "1 while backend faults persist or the engine is broken (health ERROR).",
         kind: Kind::Gauge,
         read: |s| s.engine(|e| u64::from(e.failed)),
+    },
+    Descriptor {
+        name: "llm_engine_faults_total",
+        help: "Backend steps that failed or panicked; only their sequences failed.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.faults),
+    },
+    Descriptor {
+        name: "llm_engine_panics_total",
+        help: "Panics caught on the engine thread.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.panics),
     },
     Descriptor {
         name: "llm_engine_steps_total",

@@ -8,6 +8,14 @@
 //! cancelled before the next step and its KV cache freed. Nothing here runs on an async runtime,
 //! and the backend is built on the actor's thread, so it need not be `Send`.
 //!
+//! Faults stay with the step that caused them. A step whose backend call fails or panics fails
+//! only that step's sequences; the engine goes on. `/health` (through [`EngineStats::failed`])
+//! turns ERROR when faults persist ([`FAULTS_BEFORE_ERROR`] steps in a row) and back when a step
+//! succeeds; a second panic within [`PANIC_WINDOW`], or a panic while releasing a sequence,
+//! leaves the backend untrusted: the engine is then broken for good, fails everything waiting
+//! and refuses new requests at once ([`Error::EngineStopped`], a 503), so that the orchestrator
+//! restarts the runner. Panics are logged with their backtrace; the counters stay exact.
+//!
 //! The [`Pipeline`](crate::pipeline::Pipeline) implementation (chat templates, validation,
 //! OpenAI shapes) lives in [`crate::pipeline`] on top of this handle.
 
@@ -15,6 +23,7 @@ pub mod scheduler;
 mod sequence;
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +33,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc as tokio_mpsc;
 
-use crate::backend::{Backend, BackendInfo, BatchEntry, Logits};
+/// Failed steps in a row after which the engine reports itself unhealthy.
+pub const FAULTS_BEFORE_ERROR: u32 = 3;
+/// A second backend panic within this time breaks the engine for good.
+pub const PANIC_WINDOW: Duration = Duration::from_secs(60);
+/// The engine thread's name (panics on it are logged by the engine, with their backtrace).
+const THREAD_NAME: &str = "llm-engine";
+
+use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
 use crate::openai::FinishReason;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
@@ -133,8 +149,15 @@ pub struct EngineStats {
     pub preemptions: u64,
     /// Sequences cancelled because their receiver was dropped.
     pub cancelled: u64,
-    /// Whether a backend step has failed.
+    /// Whether the engine is unhealthy now: the last [`FAULTS_BEFORE_ERROR`] steps failed, or
+    /// the engine is broken.
     pub failed: bool,
+    /// Whether the engine is broken for good (a repeated backend panic): it refuses requests.
+    pub broken: bool,
+    /// Backend steps that failed or panicked.
+    pub faults: u64,
+    /// Backend steps that panicked.
+    pub panics: u64,
     /// Wall time of all engine loop iterations that did work, in nanoseconds: scheduling,
     /// the backend step, sampling, detokenizing and sending events.
     pub step_nanos: u64,
@@ -154,6 +177,9 @@ struct Counters {
     preemptions: AtomicU64,
     cancelled: AtomicU64,
     failed: AtomicBool,
+    broken: AtomicBool,
+    faults: AtomicU64,
+    panics: AtomicU64,
     step_nanos: AtomicU64,
     backend_nanos: AtomicU64,
 }
@@ -209,8 +235,9 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let tok = Arc::clone(&tokenizer);
+        install_panic_hook();
         std::thread::Builder::new()
-            .name("llm-engine".into())
+            .name(THREAD_NAME.into())
             .spawn(move || {
                 let backend = match load() {
                     Ok(b) => b,
@@ -220,8 +247,24 @@ impl Engine {
                     }
                 };
                 let info = backend.info().clone();
+                if limits.max_model_len > info.trained_context && info.trained_context > 0 {
+                    // As vLLM derives max_model_len from the model: positions beyond the
+                    // trained context give garbage, so the limit is the model's.
+                    tracing::warn!(
+                        "MAX_MODEL_LEN={} exceeds the model's trained context of {} tokens; \
+                         serving {} tokens per sequence",
+                        limits.max_model_len,
+                        info.trained_context,
+                        info.trained_context
+                    );
+                }
                 let limits = EngineLimits {
-                    max_model_len: limits.max_model_len.min(info.kv_capacity),
+                    max_model_len: limits.max_model_len.min(info.kv_capacity).min(
+                        match info.trained_context {
+                            0 => u32::MAX,
+                            trained => trained,
+                        },
+                    ),
                     max_num_seqs: limits.max_num_seqs.min(info.max_seqs),
                     max_num_batched_tokens: limits
                         .max_num_batched_tokens
@@ -250,8 +293,11 @@ impl Engine {
     /// # Errors
     /// [`Error::QueueFull`] when `max_num_seqs + max_queue` requests are in flight,
     /// [`Error::Validation`] when the prompt is empty or does not leave room for one token,
-    /// [`Error::EngineStopped`] when the engine thread is gone.
+    /// [`Error::EngineStopped`] when the engine thread is gone or broken.
     pub fn submit(&self, request: SeqRequest) -> Result<EventReceiver> {
+        if self.shared.counters.broken.load(Ordering::SeqCst) {
+            return Err(Error::EngineStopped);
+        }
         let limits = self.shared.limits;
         let len = request.prompt.len();
         if len == 0 {
@@ -301,6 +347,9 @@ impl Engine {
             preemptions: c.preemptions.load(Ordering::Relaxed),
             cancelled: c.cancelled.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::SeqCst),
+            broken: c.broken.load(Ordering::SeqCst),
+            faults: c.faults.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
             step_nanos: c.step_nanos.load(Ordering::Relaxed),
             backend_nanos: c.backend_nanos.load(Ordering::Relaxed),
         }
@@ -329,6 +378,10 @@ struct Actor<B: Backend> {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     logits: Logits,
+    /// Failed steps in a row.
+    consecutive_faults: u32,
+    /// When the backend last panicked.
+    last_panic: Option<Instant>,
 }
 
 impl<B: Backend> Actor<B> {
@@ -341,6 +394,8 @@ impl<B: Backend> Actor<B> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             logits,
+            consecutive_faults: 0,
+            last_panic: None,
         }
     }
 
@@ -353,11 +408,22 @@ impl<B: Backend> Actor<B> {
                 }
             }
             let started = Instant::now();
-            while let Ok(cmd) = self.rx.try_recv() {
-                self.accept(cmd);
+            let iteration = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                while let Ok(cmd) = self.rx.try_recv() {
+                    self.accept(cmd);
+                }
+                self.reap_cancelled();
+                self.step();
+            }));
+            if let Err(payload) = iteration {
+                let message = panic_message(payload.as_ref());
+                let backtrace = PANIC_BACKTRACE
+                    .with(|b| b.borrow_mut().take())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "the engine panicked\n{backtrace}");
+                self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+                self.break_down("a panic in the engine");
             }
-            self.reap_cancelled();
-            self.step();
             self.publish_counts();
             self.shared
                 .counters
@@ -368,6 +434,11 @@ impl<B: Backend> Actor<B> {
 
     fn accept(&mut self, cmd: Command) {
         match cmd {
+            Command::Submit(seq) if self.shared.counters.broken.load(Ordering::SeqCst) => {
+                // Submitted before the engine broke: fail it at once.
+                seq.fail(BROKEN);
+                self.retire(&seq, Cache::Empty);
+            }
             Command::Submit(seq) => self.waiting.push_back(*seq),
         }
     }
@@ -379,9 +450,28 @@ impl<B: Backend> Actor<B> {
     }
 
     fn retire(&mut self, seq: &Sequence, cache: Cache) {
+        // Counted out first, so that a breakdown inside the release does not count it twice.
+        self.count_out(seq);
         if cache == Cache::Held {
-            self.backend.release(seq.id);
+            self.release(seq.id);
         }
+    }
+
+    /// Frees a sequence's KV cells; a panic there leaves the backend untrusted.
+    fn release(&mut self, id: SeqId) {
+        if self.shared.counters.broken.load(Ordering::SeqCst) {
+            return;
+        }
+        let backend = &mut self.backend;
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| backend.release(id))) {
+            let message = panic_message(payload.as_ref());
+            tracing::error!(panic = %message, "releasing a sequence panicked");
+            self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+            self.break_down("a panic while releasing a sequence");
+        }
+    }
+
+    fn count_out(&self, seq: &Sequence) {
         let c = &self.shared.counters;
         c.in_flight.fetch_sub(1, Ordering::SeqCst);
         c.prompt_tokens
@@ -429,7 +519,7 @@ impl<B: Backend> Actor<B> {
         for id in &plan.preempt {
             if let Some(i) = self.running.iter().position(|s| s.id == *id) {
                 let mut seq = self.running.remove(i);
-                self.backend.release(seq.id);
+                self.release(seq.id);
                 seq.computed = 0;
                 self.waiting.push_front(seq);
                 self.shared
@@ -461,7 +551,11 @@ impl<B: Backend> Actor<B> {
                 .map(|&(i, len)| self.running[i].entry(len))
                 .collect();
             let started = Instant::now();
-            let result = self.backend.forward(&batch, &mut self.logits);
+            let backend = &mut self.backend;
+            let logits = &mut self.logits;
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                backend.forward(&batch, logits).map_err(|e| e.to_string())
+            }));
             self.shared
                 .counters
                 .backend_nanos
@@ -469,14 +563,63 @@ impl<B: Backend> Actor<B> {
             result
         };
         self.shared.counters.steps.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = result {
-            let message = e.to_string();
-            tracing::error!(error = %message, "backend step failed");
+        match result {
+            Ok(Ok(())) => {
+                self.consecutive_faults = 0;
+                if !self.shared.counters.broken.load(Ordering::SeqCst) {
+                    self.shared.counters.failed.store(false, Ordering::SeqCst);
+                }
+                self.advance(&order);
+            }
+            Ok(Err(message)) => {
+                tracing::error!(error = %message, "backend step failed");
+                self.fault();
+                self.fail_batch(&order, &message);
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                let backtrace = PANIC_BACKTRACE
+                    .with(|b| b.borrow_mut().take())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "backend step panicked\n{backtrace}");
+                self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+                self.fault();
+                let repeated = self
+                    .last_panic
+                    .is_some_and(|at| at.elapsed() < PANIC_WINDOW);
+                self.last_panic = Some(Instant::now());
+                self.fail_batch(&order, &format!("the backend panicked: {message}"));
+                if repeated {
+                    self.break_down("a second backend panic within a minute");
+                }
+            }
+        }
+    }
+
+    /// Counts a failed step; persistent faults make the engine report itself unhealthy.
+    fn fault(&mut self) {
+        self.shared.counters.faults.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_faults += 1;
+        if self.consecutive_faults >= FAULTS_BEFORE_ERROR {
             self.shared.counters.failed.store(true, Ordering::SeqCst);
-            self.fail_batch(&order, &message);
+        }
+    }
+
+    /// Stops trusting the backend: fails every sequence, and every later request at once.
+    fn break_down(&mut self, why: &str) {
+        if self.shared.counters.broken.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.advance(&order);
+        tracing::error!("the engine is broken ({why}); it refuses requests until restarted");
+        self.shared.counters.failed.store(true, Ordering::SeqCst);
+        for seq in std::mem::take(&mut self.running) {
+            seq.fail(BROKEN);
+            self.retire(&seq, Cache::Held);
+        }
+        for seq in std::mem::take(&mut self.waiting) {
+            seq.fail(BROKEN);
+            self.retire(&seq, Cache::Empty);
+        }
     }
 
     /// Maps the plan's chunks to indices in `running`, in plan order. A chunk planned before
@@ -518,6 +661,9 @@ impl<B: Backend> Actor<B> {
         }
         done.sort_unstable();
         for i in done.into_iter().rev() {
+            if i >= self.running.len() {
+                break; // The engine broke down meanwhile and failed them all.
+            }
             let seq = self.running.remove(i);
             self.retire(&seq, Cache::Held);
         }
@@ -528,11 +674,48 @@ impl<B: Backend> Actor<B> {
         idx.sort_unstable();
         idx.dedup();
         for i in idx.into_iter().rev() {
+            if i >= self.running.len() {
+                break; // The engine broke down meanwhile and failed them all.
+            }
             let seq = self.running.remove(i);
             seq.fail(message);
             self.retire(&seq, Cache::Held);
         }
     }
+}
+
+/// What a request is told when the engine is broken.
+const BROKEN: &str = "the engine is broken after repeated backend panics and must be restarted";
+
+thread_local! {
+    /// The backtrace of the last panic on the engine thread, taken by the panic hook.
+    static PANIC_BACKTRACE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Chains a panic hook that, on the engine thread only, keeps the backtrace for the engine's
+/// log line instead of printing it; other threads keep the previous hook.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(THREAD_NAME) {
+                let trace = format!("{info}\n{}", std::backtrace::Backtrace::force_capture());
+                PANIC_BACKTRACE.with(|b| *b.borrow_mut() = Some(trace));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A panic's message, when it is a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Whether a sequence that leaves the engine holds KV cells in the backend to release.

@@ -24,6 +24,10 @@ fn tokenizer() -> Arc<Tokenizer> {
 }
 
 struct Setup {
+    /// Backend steps (from 1) that panic, fail, and from which all fail.
+    panic_steps: Vec<usize>,
+    fail_steps: Vec<usize>,
+    fail_from: Option<usize>,
     kv_capacity: u32,
     max_batch_tokens: u32,
     max_seqs: u32,
@@ -36,6 +40,9 @@ struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         Self {
+            panic_steps: Vec::new(),
+            fail_steps: Vec::new(),
+            fail_from: None,
             kv_capacity: 4096,
             max_batch_tokens: 256,
             max_seqs: 8,
@@ -53,7 +60,13 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
     let info = testing::test_info(setup.kv_capacity, setup.max_batch_tokens, setup.max_seqs);
     let engine = Engine::start(
         move || {
-            Ok(TestBackend::new(info, Stops::Never)
+            let mut backend = TestBackend::new(info, Stops::Never)
+                .panicking_at_steps(&setup.panic_steps)
+                .failing_from_step(setup.fail_from);
+            for step in setup.fail_steps {
+                backend = backend.failing_at_step(Some(step));
+            }
+            Ok(backend
                 .with_prefix_cache(setup.prefix_cache)
                 .with_step_delay(setup.step_delay)
                 .with_peak_logit(10.0)
@@ -345,4 +358,100 @@ fn a_cached_prefix_is_not_recomputed_and_changes_nothing_else() {
     assert_eq!(f.cached_tokens, 0);
     let stats = settle(&engine);
     assert_eq!(stats.cached_tokens, 39 + 45);
+}
+
+#[test]
+fn max_model_len_beyond_the_trained_context_is_clamped_to_it() {
+    // The test model is trained for 4096 positions.
+    let (engine, _) = start(Setup {
+        kv_capacity: 16_384,
+        max_model_len: 8192,
+        max_batch_tokens: 8192,
+        ..Setup::default()
+    });
+    assert_eq!(engine.limits().max_model_len, 4096);
+    let (engine, _) = start(Setup {
+        kv_capacity: 16_384,
+        max_model_len: 1024,
+        ..Setup::default()
+    });
+    assert_eq!(engine.limits().max_model_len, 1024);
+}
+
+/// How a sequence ended: its tokens and finish, or the failure message.
+fn outcome(mut rx: EventReceiver) -> Result<Vec<u32>, String> {
+    let mut tokens = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::Token(t) => tokens.push(t.token),
+            Event::Finished(_) => return Ok(tokens),
+            Event::Failed { message } => return Err(message),
+        }
+    }
+    Err("the channel closed without an end".into())
+}
+
+#[test]
+fn a_panicking_step_fails_only_its_sequences_and_the_engine_goes_on() {
+    let (engine, seen) = start(Setup {
+        panic_steps: vec![2],
+        ..Setup::default()
+    });
+    let failed = outcome(engine.submit(request(prompt(1, 5), 4)).unwrap()).unwrap_err();
+    assert!(
+        failed.contains("simulated backend panic in step 2"),
+        "{failed}"
+    );
+    // The engine serves the next request exactly, and says it is healthy.
+    let (tokens, _) = collect(engine.submit(request(prompt(2, 5), 4)).unwrap());
+    assert_eq!(tokens, expected(&prompt(2, 5), 4, 512).0);
+    let stats = settle(&engine);
+    assert!(!stats.failed && !stats.broken, "{stats:?}");
+    assert_eq!((stats.faults, stats.panics), (1, 1));
+    assert_eq!(
+        seen.live.load(Ordering::SeqCst),
+        0,
+        "the failed sequence's KV is freed"
+    );
+}
+
+#[test]
+fn a_second_panic_within_the_window_breaks_the_engine_and_it_refuses_at_once() {
+    let (engine, _) = start(Setup {
+        panic_steps: vec![2, 4],
+        ..Setup::default()
+    });
+    assert!(outcome(engine.submit(request(prompt(1, 5), 4)).unwrap()).is_err());
+    // Step 3 prefills this one, step 4 panics: broken.
+    let failed = outcome(engine.submit(request(prompt(2, 5), 4)).unwrap()).unwrap_err();
+    assert!(failed.contains("panicked"), "{failed}");
+    let stats = settle(&engine);
+    assert!(stats.failed && stats.broken, "{stats:?}");
+    assert_eq!(stats.in_flight, 0, "counters stay exact");
+    assert!(matches!(
+        engine.submit(request(prompt(3, 5), 4)),
+        Err(Error::EngineStopped)
+    ));
+}
+
+#[test]
+fn health_turns_error_only_while_faults_persist() {
+    // One failed step: that request fails, the engine stays healthy.
+    let (engine, _) = start(Setup {
+        fail_steps: vec![2],
+        ..Setup::default()
+    });
+    assert!(outcome(engine.submit(request(prompt(1, 5), 4)).unwrap()).is_err());
+    assert!(!settle(&engine).failed);
+    // Every step failing: unhealthy after FAULTS_BEFORE_ERROR of them.
+    let (engine, _) = start(Setup {
+        fail_from: Some(1),
+        ..Setup::default()
+    });
+    for i in 0..FAULTS_BEFORE_ERROR {
+        assert!(outcome(engine.submit(request(prompt(i, 5), 4)).unwrap()).is_err());
+    }
+    let stats = settle(&engine);
+    assert!(stats.failed && !stats.broken, "{stats:?}");
+    assert_eq!(stats.faults, u64::from(FAULTS_BEFORE_ERROR));
 }

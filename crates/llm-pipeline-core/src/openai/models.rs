@@ -35,11 +35,22 @@ pub struct ModelCard {
     pub created: u64,
     /// Who serves it.
     pub owned_by: String,
+    /// Extension: the backend that runs it, and why it was chosen when chosen automatically.
+    /// Left out when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 impl ModelCard {
     /// The `object` of a model card.
     pub const OBJECT: &'static str = "model";
+
+    /// The card with its backend named (see [`ModelCard::backend`]).
+    #[must_use]
+    pub fn with_backend(mut self, backend: Option<String>) -> Self {
+        self.backend = backend;
+        self
+    }
 
     /// The card of model `id`, served since `created`, owned by `owned_by`.
     pub fn new(id: impl Into<String>, created: u64, owned_by: impl Into<String>) -> Self {
@@ -47,6 +58,7 @@ impl ModelCard {
             id: id.into(),
             object: Self::OBJECT.to_owned(),
             created,
+            backend: None,
             owned_by: owned_by.into(),
         }
     }

@@ -77,6 +77,24 @@ async fn a_prompt_longer_than_the_context_is_400() {
 }
 
 #[tokio::test]
+async fn a_model_without_a_chat_template_serves_but_refuses_chats_with_400() {
+    let s = server(Setup {
+        no_template: true,
+        ..Setup::default()
+    });
+    assert_eq!(call(&s.router, get("/health")).await.status, 200);
+    for path in ["/v1/chat/completions", "/llm"] {
+        let reply = call(&s.router, post(path, &chat_body("t9 t10", 4))).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text());
+        let text = reply.text();
+        assert!(
+            text.contains("no chat template") && text.contains("CHAT_TEMPLATE"),
+            "{path}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let s = server(Setup::default());
     let reply = call(&s.router, post("/v1/completions", &json!({}))).await;
@@ -147,7 +165,7 @@ async fn a_full_queue_is_refused_at_once_with_429_and_retry_after() {
 }
 
 #[tokio::test]
-async fn backend_faults_are_500_without_details_and_health_turns_error() {
+async fn a_backend_fault_is_500_without_details_and_health_stays_ok() {
     let s = server(Setup {
         fail_at_step: Some(2),
         ..Setup::default()
@@ -164,6 +182,25 @@ async fn backend_faults_are_500_without_details_and_health_turns_error() {
         !reply.text().contains("deadbeef"),
         "details are logged, not sent"
     );
+    // One fault fails its request only: the runner stays in rotation and serves the next.
+    assert_eq!(
+        call(&s.router, get("/health")).await.json(),
+        json!({"status": "OK"})
+    );
+    let next = call(&s.router, post("/v1/chat/completions", &chat_body("t9", 4))).await;
+    assert_eq!(next.status, 200, "{}", next.text());
+}
+
+#[tokio::test]
+async fn persistent_backend_faults_turn_health_error() {
+    let s = server(Setup {
+        fail_from_step: Some(1),
+        ..Setup::default()
+    });
+    for _ in 0..llm_pipeline_core::engine::FAULTS_BEFORE_ERROR {
+        let reply = call(&s.router, post("/v1/chat/completions", &chat_body("t9", 4))).await;
+        assert_eq!(reply.status, 500);
+    }
     assert_eq!(
         call(&s.router, get("/health")).await.json(),
         json!({"status": "ERROR"})

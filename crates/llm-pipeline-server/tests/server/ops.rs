@@ -66,10 +66,12 @@ async fn informational_endpoints_have_their_shapes() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL_ID);
     assert_eq!(models["data"][0]["object"], "model");
+    assert_eq!(models["data"][0]["backend"], "test");
     let version = call(&s.router, get("/version")).await.json();
     assert_eq!(version["pipeline"], "llm");
     assert_eq!(version["model_id"], MODEL_ID);
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["backend"], "test");
     // The GPUs are the machine's own: none here, some on a GPU host. The shape is the same.
     let info = call(&s.router, get("/hardware/info")).await.json();
     assert_eq!(info["pipeline"], "llm");

@@ -45,6 +45,10 @@ pub struct Setup {
     pub max_model_len: u32,
     pub step_delay: Duration,
     pub fail_at_step: Option<usize>,
+    /// Every step from this one on fails.
+    pub fail_from_step: Option<usize>,
+    /// A base model: no chat template.
+    pub no_template: bool,
     pub config: ServerConfig,
 }
 
@@ -56,6 +60,8 @@ impl Default for Setup {
             max_model_len: 1024,
             step_delay: Duration::ZERO,
             fail_at_step: None,
+            fail_from_step: None,
+            no_template: false,
             config: ServerConfig::default(),
         }
     }
@@ -66,12 +72,14 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
     let observed = Arc::new(Observed::default());
     let backend_observed = Arc::clone(&observed);
     let info = testing::test_info(16_384, 512, setup.max_seqs);
-    let (step_delay, fail_at_step) = (setup.step_delay, setup.fail_at_step);
+    let (step_delay, fail_at_step, fail_from_step) =
+        (setup.step_delay, setup.fail_at_step, setup.fail_from_step);
     let engine = Engine::start(
         move || {
             Ok(TestBackend::new(info, Stops::Naturally)
                 .with_step_delay(step_delay)
                 .failing_at_step(fail_at_step)
+                .failing_from_step(fail_from_step)
                 .observed_by(backend_observed))
         },
         tokenizer(),
@@ -86,9 +94,9 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
     let assets = ModelAssets {
         model_id: MODEL_ID.to_owned(),
         tokenizer: tokenizer(),
-        template: Arc::new(
-            ChatTemplate::new(CHATML_TEMPLATE, SpecialTokenText::default()).unwrap(),
-        ),
+        template: (!setup.no_template).then(|| {
+            Arc::new(ChatTemplate::new(CHATML_TEMPLATE, SpecialTokenText::default()).unwrap())
+        }),
     };
     let prices = PriceTable {
         price_per_unit: 3,
