@@ -109,6 +109,13 @@ async fn main() -> Result<()> {
     }
 
     let addr = server_config.addr();
+    if server_config.auth_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "AUTH_TOKEN is empty and the server listens beyond this machine: anyone who can reach \
+             it can use the model; set AUTH_TOKEN (or --api-key), or bind HOST=127.0.0.1"
+        );
+    }
     let grace = server_config.shutdown_grace;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -202,7 +202,8 @@ pub enum ModelFormat {
 
 impl ModelFormat {
     /// Reads the format of the model `config` names from its file names, without opening any
-    /// weights; also says why, for the log line that announces the backend.
+    /// weights; also says why, for the log line and `/version` (without the model's path, which
+    /// clients never see).
     ///
     /// # Errors
     /// [`Error::Config`] (`MODEL_ID`) when the model cannot be found, or its files are none of
@@ -220,8 +221,8 @@ impl ModelFormat {
         let shown = location.display();
         if location.is_file() {
             return match location.extension().and_then(|e| e.to_str()) {
-                Some("gguf") => Ok((Self::Gguf, format!("{shown} is a GGUF file"))),
-                Some("onnx") => Ok((Self::Onnx, format!("{shown} is an ONNX graph"))),
+                Some("gguf") => Ok((Self::Gguf, "the model is a GGUF file".to_owned())),
+                Some("onnx") => Ok((Self::Onnx, "the model is an ONNX graph".to_owned())),
                 _ => Err(Error::Config {
                     variable: "MODEL_ID",
                     message: format!("{shown} is neither a .gguf nor an .onnx file; {}", ACCEPTED),
@@ -245,12 +246,15 @@ impl ModelFormat {
         if config && has(&|n| n.ends_with(".safetensors") || n == "model.safetensors.index.json") {
             return Ok((
                 Self::Safetensors,
-                format!("{shown} holds config.json and safetensors weights"),
+                "the model directory holds config.json and safetensors weights".to_owned(),
             ));
         }
         let onnx = |n: &str| n.ends_with(".onnx");
         if config && (has(&onnx) || names(&location.join("onnx")).iter().any(|n| onnx(n))) {
-            return Ok((Self::Onnx, format!("{shown} holds an ONNX export")));
+            return Ok((
+                Self::Onnx,
+                "the model directory holds an ONNX export".to_owned(),
+            ));
         }
         if has(&|n| n.ends_with(".gguf"))
             || top.iter().any(|n| {
@@ -258,7 +262,10 @@ impl ModelFormat {
                 sub.is_dir() && names(&sub).iter().any(|f| f.ends_with(".gguf"))
             })
         {
-            return Ok((Self::Gguf, format!("{shown} holds GGUF files")));
+            return Ok((
+                Self::Gguf,
+                "the model directory holds GGUF files".to_owned(),
+            ));
         }
         let found = if top.is_empty() {
             "nothing (or it cannot be read)".to_owned()

@@ -293,7 +293,21 @@ impl EnginePipeline {
                 })
                 .collect();
             let text = template.render(&messages)?;
-            tokenizer.encode_prompt(&text)
+            // Where each content landed in the rendered text, in order: message contents are
+            // data, never control tokens (a template that rewrites a content leaves it unfound,
+            // and that content is encoded as the template's own text).
+            let mut data = Vec::with_capacity(messages.len());
+            let mut from = 0;
+            for m in &messages {
+                if m.content.is_empty() {
+                    continue;
+                }
+                if let Some(at) = text[from..].find(m.content) {
+                    data.push(from + at..from + at + m.content.len());
+                    from += at + m.content.len();
+                }
+            }
+            tokenizer.encode_chat(&text, &data)
         })
         .await
         .map_err(|e| Error::backend("the tokenizer task failed", e))?

@@ -13,6 +13,10 @@ use crate::{Error, Result};
 
 /// The most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Longest stop string, in bytes (each one is matched against the text at every token).
+pub const MAX_STOP_LEN: usize = 1024;
+/// Longest `user` and message `name`, `tool_call_id`, in bytes.
+pub const MAX_ID_LEN: usize = 256;
 /// The most choices per request.
 pub const MAX_N: u32 = 8;
 /// The most alternatives in `top_logprobs` (OpenAI's limit).
@@ -81,6 +85,13 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         ));
     }
     let messages = messages(&request.messages)?;
+    bounded("user", request.user.as_deref())?;
+    if request.stream_options.is_some() && !request.stream.unwrap_or(false) {
+        return Err(Error::validation(
+            "stream_options",
+            "is only allowed when `stream` is true",
+        ));
+    }
     let temperature = in_range("temperature", request.temperature, 1.0, 0.0..=2.0)?;
     let top_p = request.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -256,7 +267,18 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<PromptMessage>> {
                     "tool calling is not supported by this server",
                 ));
             }
+            bounded(&format!("messages[{i}].name"), m.name.as_deref())?;
+            bounded(
+                &format!("messages[{i}].tool_call_id"),
+                m.tool_call_id.as_deref(),
+            )?;
             let content = match &m.content {
+                None if matches!(m.role, Role::User | Role::System | Role::Developer) => {
+                    return Err(Error::validation(
+                        format!("messages[{i}].content"),
+                        format!("a `{}` message needs content", m.role.as_str()),
+                    ));
+                }
                 None => String::new(),
                 Some(MessageContent::Text(t)) => t.clone(),
                 Some(MessageContent::Parts(parts)) => {
@@ -287,6 +309,17 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<PromptMessage>> {
         .collect()
 }
 
+/// Refuses an identifier-like string field longer than [`MAX_ID_LEN`].
+fn bounded(param: &str, value: Option<&str>) -> Result<()> {
+    match value {
+        Some(v) if v.len() > MAX_ID_LEN => Err(Error::validation(
+            param,
+            format!("is {} bytes; at most {MAX_ID_LEN} are allowed", v.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn max_tokens(r: &ChatCompletionRequest) -> Result<Option<u32>> {
     let (param, value) = match (r.max_completion_tokens, r.max_tokens) {
         (Some(v), _) => ("max_completion_tokens", Some(v)),
@@ -313,6 +346,15 @@ fn stop_strings(r: &ChatCompletionRequest) -> Result<Vec<String>> {
         return Err(Error::validation(
             format!("stop[{i}]"),
             "stop strings must not be empty",
+        ));
+    }
+    if let Some(i) = stops.iter().position(|s| s.len() > MAX_STOP_LEN) {
+        return Err(Error::validation(
+            format!("stop[{i}]"),
+            format!(
+                "is {} bytes; stop strings are at most {MAX_STOP_LEN}",
+                stops[i].len()
+            ),
         ));
     }
     Ok(stops.to_vec())
@@ -423,6 +465,27 @@ mod tests {
             (json!({"max_completion_tokens": 0}), "max_completion_tokens"),
             (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
             (json!({"stop": ["a", ""]}), "stop[1]"),
+            (
+                json!({"stop": ["a", "x".repeat(MAX_STOP_LEN + 1)]}),
+                "stop[1]",
+            ),
+            (json!({"user": "u".repeat(MAX_ID_LEN + 1)}), "user"),
+            (
+                json!({"messages": [{"role": "user", "content": "hi", "name": "n".repeat(300)}]}),
+                "messages[0].name",
+            ),
+            (
+                json!({"messages": [{"role": "user"}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "system", "content": null}, {"role": "user", "content": "hi"}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
             (json!({"n": 0}), "n"),
             (json!({"n": 9}), "n"),
             (json!({"messages": []}), "messages"),

@@ -91,7 +91,9 @@ impl ServerConfig {
         if let Some(port) = get("PORT") {
             config.port = parse("PORT", &port)?;
         }
-        config.auth_token = get("AUTH_TOKEN");
+        // Trimmed as the `Authorization` header's token is, so that a stray space or newline in
+        // the variable does not refuse every client.
+        config.auth_token = get("AUTH_TOKEN").map(|t| t.trim().to_owned());
         if let Some(bytes) = get("MAX_REQUEST_BYTES") {
             config.max_request_bytes = parse("MAX_REQUEST_BYTES", &bytes)?;
         }
@@ -177,7 +179,7 @@ mod tests {
         let env: HashMap<&str, &str> = [
             ("HOST", "127.0.0.1"),
             ("PORT", "9000"),
-            ("AUTH_TOKEN", "secret"),
+            ("AUTH_TOKEN", " secret\n"),
             ("MAX_REQUEST_BYTES", "1024"),
         ]
         .into();

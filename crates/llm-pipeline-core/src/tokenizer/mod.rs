@@ -70,6 +70,9 @@ struct Shared {
     /// SentencePiece prefix space), for the text of single tokens.
     piece_decoder: Option<DecoderWrapper>,
     vocab_size: usize,
+    /// The tokenizer that reads special tokens' spellings as plain text, and those spellings;
+    /// built on first use (see [`Tokenizer::encode_chat`]).
+    literal: std::sync::OnceLock<(tokenizers::Tokenizer, Vec<String>)>,
 }
 
 /// A tokenizer with the model's special tokens; cheap to clone.
@@ -96,6 +99,7 @@ impl Tokenizer {
                 special,
                 piece_decoder,
                 vocab_size,
+                literal: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -217,6 +221,82 @@ impl Tokenizer {
             }
             _ => Ok(ids.to_vec()),
         }
+    }
+
+    /// Encodes a rendered chat prompt whose byte ranges `data` hold message contents: there,
+    /// the spelling of a special token (`<|im_start|>`, `<|eot_id|>`) is encoded as the plain
+    /// text it is, so that a user cannot inject control tokens; the template's own markup
+    /// outside `data` is parsed as [`Tokenizer::encode_prompt`] does. A prompt whose contents
+    /// hold no such spelling is encoded exactly as by `encode_prompt`.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the tokenizer fails.
+    pub fn encode_chat(&self, text: &str, data: &[std::ops::Range<usize>]) -> Result<Vec<u32>> {
+        let (literal, spellings) = self.shared.literal.get_or_init(|| {
+            let mut literal = self.shared.inner.clone();
+            literal.set_encode_special_tokens(true);
+            let spellings = self
+                .shared
+                .inner
+                .get_added_tokens_decoder()
+                .into_values()
+                .filter(|t| t.special && !t.content.is_empty())
+                .map(|t| t.content)
+                .collect();
+            (literal, spellings)
+        });
+        // The spans of special-token spellings inside the contents, merged and in order.
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for range in data {
+            let Some(content) = text.get(range.clone()) else {
+                continue;
+            };
+            for spelling in spellings {
+                spans.extend(
+                    content
+                        .match_indices(spelling.as_str())
+                        .map(|(at, m)| (range.start + at, range.start + at + m.len())),
+                );
+            }
+        }
+        if spans.is_empty() {
+            return self.encode_prompt(text);
+        }
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (start, end) in spans {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        let encode = |tokenizer: &tokenizers::Tokenizer, piece: &str, ids: &mut Vec<u32>| {
+            if piece.is_empty() {
+                return Ok(());
+            }
+            let encoding = tokenizer
+                .encode_fast(piece, false)
+                .map_err(|e| Error::tokenizer("cannot encode the prompt", e))?;
+            ids.extend_from_slice(encoding.get_ids());
+            Ok::<(), Error>(())
+        };
+        let mut ids = Vec::new();
+        let special = &self.shared.special;
+        if let Some(bos) = special.bos.filter(|_| special.add_bos) {
+            ids.push(bos);
+        }
+        let mut at = 0;
+        for (start, end) in merged {
+            encode(&self.shared.inner, &text[at..start], &mut ids)?;
+            encode(literal, &text[start..end], &mut ids)?;
+            at = end;
+        }
+        encode(&self.shared.inner, &text[at..], &mut ids)?;
+        // As `encode_prompt`: BOS once, whether the template wrote it or not.
+        if special.add_bos && ids.len() > 1 && ids[0] == ids[1] && special.bos == Some(ids[0]) {
+            ids.remove(0);
+        }
+        Ok(ids)
     }
 
     /// Decodes `ids` to text.
