@@ -52,7 +52,8 @@ pub fn download(repo: &str, gguf: Option<&str>, config: &PipelineConfig) -> Resu
         .clone()
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
     let terminal = std::io::stderr().is_terminal();
-    let api = ApiBuilder::from_cache(Cache::new(config.model_dir.clone()))
+    let cache = Cache::new(config.model_dir.clone());
+    let api = ApiBuilder::from_cache(cache.clone())
         .with_endpoint(endpoint.clone())
         .with_token(config.hub.token.clone())
         .with_progress(terminal)
@@ -65,8 +66,7 @@ pub fn download(repo: &str, gguf: Option<&str>, config: &PipelineConfig) -> Resu
         .map_err(|e| hub_error(&e, repo, &endpoint, config))?;
     let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let files = wanted_files(&names, gguf, config.quantization, repo)?;
-    let cache =
-        Cache::new(config.model_dir.clone()).repo(Repo::new(repo.to_owned(), RepoType::Model));
+    let cache = cache.repo(Repo::new(repo.to_owned(), RepoType::Model));
     let total = files.len();
     // Marks the snapshot incomplete until every file is in (see `ModelSource::fetch`).
     let marker = crate::model::download_marker(repo, &config.model_dir);
@@ -99,21 +99,8 @@ pub fn download(repo: &str, gguf: Option<&str>, config: &PipelineConfig) -> Resu
         fetched.map_err(|e| hub_error(&e, repo, &endpoint, config))?;
     }
     std::fs::remove_file(&marker).map_err(io(&marker))?;
-    let snapshot = config
-        .model_dir
-        .join(format!("models--{}", repo.replace('/', "--")))
-        .join("snapshots")
-        .join(&info.sha);
-    if !snapshot.is_dir() {
-        // The files' commit (hf-hub names the snapshot after each file's `x-repo-commit`) is
-        // the repository's; a hub that answered otherwise left the snapshot elsewhere.
-        return crate::model::ModelSource::HuggingFace {
-            repo: repo.to_owned(),
-            gguf: None,
-        }
-        .resolve(&config.model_dir);
-    }
-    Ok(snapshot)
+    // hf-hub named the snapshot after the files' commit and pointed `refs/main` at it.
+    crate::model::cached_snapshot(repo, &config.model_dir)
 }
 
 /// The files of a repository listing (`names`) that a backend reads: safetensors weights with

@@ -229,18 +229,16 @@ impl ModelFormat {
                 }),
             };
         }
-        let names = |dir: &Path| -> Vec<String> {
-            std::fs::read_dir(dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut top = names(location);
-        top.sort();
+        // The directory and its subdirectories one level down (`onnx/`, per-quantization
+        // folders of GGUFs).
+        let mut names = crate::model::listing(location).unwrap_or_default();
+        names.sort();
+        // What the directory itself holds: its files, and its subdirectories by name.
+        let mut top: Vec<&str> = names
+            .iter()
+            .map(|n| n.split('/').next().unwrap_or(n))
+            .collect();
+        top.dedup();
         let has = |pred: &dyn Fn(&str) -> bool| top.iter().any(|n| pred(n));
         let config = has(&|n| n == "config.json");
         if config && has(&|n| n.ends_with(".safetensors") || n == "model.safetensors.index.json") {
@@ -249,19 +247,14 @@ impl ModelFormat {
                 "the model directory holds config.json and safetensors weights".to_owned(),
             ));
         }
-        let onnx = |n: &str| n.ends_with(".onnx");
-        if config && (has(&onnx) || names(&location.join("onnx")).iter().any(|n| onnx(n))) {
+        let onnx = |n: &str| n.ends_with(".onnx") && (!n.contains('/') || n.starts_with("onnx/"));
+        if config && names.iter().any(|n| onnx(n)) {
             return Ok((
                 Self::Onnx,
                 "the model directory holds an ONNX export".to_owned(),
             ));
         }
-        if has(&|n| n.ends_with(".gguf"))
-            || top.iter().any(|n| {
-                let sub = location.join(n);
-                sub.is_dir() && names(&sub).iter().any(|f| f.ends_with(".gguf"))
-            })
-        {
+        if names.iter().any(|n| n.ends_with(".gguf")) {
             return Ok((
                 Self::Gguf,
                 "the model directory holds GGUF files".to_owned(),
@@ -270,7 +263,7 @@ impl ModelFormat {
         let found = if top.is_empty() {
             "nothing (or it cannot be read)".to_owned()
         } else {
-            let mut list = top.iter().take(12).cloned().collect::<Vec<_>>().join(", ");
+            let mut list = top[..top.len().min(12)].join(", ");
             if top.len() > 12 {
                 list.push_str(&format!(", and {} more", top.len() - 12));
             }
@@ -365,10 +358,7 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("llmp-load-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::testing::scratch_dir(&format!("load-{name}"))
     }
 
     #[test]

@@ -155,14 +155,18 @@ impl ModelSource {
 /// The file that marks a download of `repo` into `model_dir` as under way or interrupted: a
 /// snapshot is complete only without it (snapshots other tools made never have one).
 pub(crate) fn download_marker(repo: &str, model_dir: &Path) -> PathBuf {
-    model_dir
-        .join(format!("models--{}", repo.replace('/', "--")))
-        .join(".llm-pipeline-incomplete")
+    repo_dir(repo, model_dir).join(".llm-pipeline-incomplete")
 }
 
-/// The snapshot directory of `repo` in the hub cache under `model_dir`.
-fn cached_snapshot(repo: &str, model_dir: &Path) -> Result<PathBuf> {
-    let root = model_dir.join(format!("models--{}", repo.replace('/', "--")));
+/// The folder of `repo` in the hub cache under `model_dir` (`models--org--name`).
+fn repo_dir(repo: &str, model_dir: &Path) -> PathBuf {
+    model_dir.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// The snapshot directory of `repo` in the hub cache under `model_dir`: the one `refs/main`
+/// names, else the first there is.
+pub(crate) fn cached_snapshot(repo: &str, model_dir: &Path) -> Result<PathBuf> {
+    let root = repo_dir(repo, model_dir);
     let snapshots = root.join("snapshots");
     let revision = std::fs::read_to_string(root.join("refs").join("main"))
         .ok()
@@ -267,7 +271,7 @@ pub(crate) fn gguf_candidates(names: &[String], place: &str) -> Result<Vec<GgufC
 
 /// The files in `dir` and its immediate subdirectories (repositories that keep each
 /// quantization in a folder), as `/`-separated relative paths.
-fn listing(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn listing(dir: &Path) -> Result<Vec<String>> {
     let read = |d: &Path| {
         std::fs::read_dir(d).map_err(|source| Error::Io {
             path: d.to_path_buf(),
@@ -379,10 +383,7 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("llmp-model-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::testing::scratch_dir(&format!("model-{name}"))
     }
 
     fn touch(path: &Path) {

@@ -55,6 +55,18 @@ pub fn smollm2() -> PathBuf {
     fixture("LLM_PIPELINE_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// A fresh, empty directory for one test in this process: `llmp-{name}-{pid}` in the
+/// temporary directory, emptied first.
+///
+/// # Panics
+/// When it cannot be made.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("llmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
 /// Size of the test model's vocabulary (`t0 … t63`).
 pub const VOCAB: u32 = 64;
 /// The end-of-sequence token, `t0`.

@@ -416,12 +416,7 @@ impl<B: Backend> Actor<B> {
                 self.step();
             }));
             if let Err(payload) = iteration {
-                let message = panic_message(payload.as_ref());
-                let backtrace = PANIC_BACKTRACE
-                    .with(|b| b.borrow_mut().take())
-                    .unwrap_or_default();
-                tracing::error!(panic = %message, "the engine panicked\n{backtrace}");
-                self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+                self.caught_panic("the engine", payload.as_ref());
                 self.break_down("a panic in the engine");
             }
             self.publish_counts();
@@ -464,11 +459,21 @@ impl<B: Backend> Actor<B> {
         }
         let backend = &mut self.backend;
         if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| backend.release(id))) {
-            let message = panic_message(payload.as_ref());
-            tracing::error!(panic = %message, "releasing a sequence panicked");
-            self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+            self.caught_panic("releasing a sequence", payload.as_ref());
             self.break_down("a panic while releasing a sequence");
         }
+    }
+
+    /// Logs a panic caught on the engine thread, with the backtrace the hook kept, and counts
+    /// it; returns its message.
+    fn caught_panic(&self, what: &str, payload: &(dyn std::any::Any + Send)) -> String {
+        let message = panic_message(payload);
+        let backtrace = PANIC_BACKTRACE
+            .with(|b| b.borrow_mut().take())
+            .unwrap_or_default();
+        tracing::error!(panic = %message, "{what} panicked\n{backtrace}");
+        self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+        message
     }
 
     fn count_out(&self, seq: &Sequence) {
@@ -577,12 +582,7 @@ impl<B: Backend> Actor<B> {
                 self.fail_batch(&order, &message);
             }
             Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                let backtrace = PANIC_BACKTRACE
-                    .with(|b| b.borrow_mut().take())
-                    .unwrap_or_default();
-                tracing::error!(panic = %message, "backend step panicked\n{backtrace}");
-                self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+                let message = self.caught_panic("a backend step", payload.as_ref());
                 self.fault();
                 let repeated = self
                     .last_panic

@@ -210,17 +210,19 @@ impl Tokenizer {
             .inner
             .encode_fast(text, false)
             .map_err(|e| Error::tokenizer("cannot encode the prompt", e))?;
-        let ids = encoding.get_ids();
+        Ok(self.with_bos(encoding.get_ids().to_vec()))
+    }
+
+    /// Prepends BOS when the model wants it and the prompt does not already start with it.
+    fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
         let special = &self.shared.special;
-        match special.bos {
-            Some(bos) if special.add_bos && ids.first() != Some(&bos) => {
-                let mut with_bos = Vec::with_capacity(ids.len() + 1);
-                with_bos.push(bos);
-                with_bos.extend_from_slice(ids);
-                Ok(with_bos)
-            }
-            _ => Ok(ids.to_vec()),
+        if let Some(bos) = special.bos
+            && special.add_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
+        ids
     }
 
     /// Encodes a rendered chat prompt whose byte ranges `data` hold message contents: there,
@@ -281,10 +283,6 @@ impl Tokenizer {
             Ok::<(), Error>(())
         };
         let mut ids = Vec::new();
-        let special = &self.shared.special;
-        if let Some(bos) = special.bos.filter(|_| special.add_bos) {
-            ids.push(bos);
-        }
         let mut at = 0;
         for (start, end) in merged {
             encode(&self.shared.inner, &text[at..start], &mut ids)?;
@@ -292,11 +290,7 @@ impl Tokenizer {
             at = end;
         }
         encode(&self.shared.inner, &text[at..], &mut ids)?;
-        // As `encode_prompt`: BOS once, whether the template wrote it or not.
-        if special.add_bos && ids.len() > 1 && ids[0] == ids[1] && special.bos == Some(ids[0]) {
-            ids.remove(0);
-        }
-        Ok(ids)
+        Ok(self.with_bos(ids))
     }
 
     /// Decodes `ids` to text.
