@@ -18,7 +18,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use llm_pipeline::core::config::PipelineConfig;
 use llm_pipeline::core::pipeline::Pipeline;
-use llm_pipeline::server::{ServerConfig, ServerState, router, serve, shutdown_signal};
+use llm_pipeline::server::{
+    ServeOptions, ServerConfig, ServerState, router, serve, shutdown_signal,
+};
 
 const USAGE: &str = "usage: serve [--model PATH_OR_HF_ID] [--backend auto|llama-cpp|candle|ort] [--host ADDR] \
                      [--port N] [--api-key TOKEN] [--max-queue N] [--max-request-bytes N]";
@@ -116,7 +118,7 @@ async fn main() -> Result<()> {
              it can use the model; set AUTH_TOKEN (or --api-key), or bind HOST=127.0.0.1"
         );
     }
-    let grace = server_config.shutdown_grace;
+    let options = ServeOptions::from(&server_config);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -130,28 +132,24 @@ async fn main() -> Result<()> {
     );
     let state = ServerState::loading(server_config);
 
-    // Load on a blocking thread while the server already answers `/health` with LOADING.
-    let loader = state.clone();
-    tokio::task::spawn_blocking(move || {
+    // Load on a blocking thread while the server already answers `/health` with LOADING; a
+    // failed or panicking load turns it to ERROR.
+    state.load_in_background(move || {
         let started = Instant::now();
-        match load(&pipeline_config) {
-            Ok(pipeline) => {
-                tracing::info!(
-                    model = %pipeline_config.model_id,
-                    backend = %pipeline.backend().unwrap_or_default(),
-                    device = %pipeline.engine().backend_info().description,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "model loaded; serving"
-                );
-                loader.set_ready(pipeline);
-            }
-            Err(e) => {
-                loader.set_failed(e);
-            }
-        }
+        let pipeline = load(&pipeline_config)?;
+        tracing::info!(
+            model = %pipeline_config.model_id,
+            backend = %pipeline.backend().unwrap_or_default(),
+            device = %pipeline.engine().backend_info().description,
+            seconds = started.elapsed().as_secs_f64(),
+            "model loaded; serving"
+        );
+        anyhow::Ok(pipeline)
     });
 
-    serve(listener, router(state), shutdown_signal(), grace).await?;
+    serve(listener, router(state), shutdown_signal(), options).await?;
     tracing::info!("stopped");
-    Ok(())
+    // A load (or download) still running must not hold the process: the runtime would wait
+    // for its blocking thread on the way out.
+    std::process::exit(0)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use llm_pipeline::core::config::PipelineConfig;
 use llm_pipeline::core::pipeline::{EnginePipeline, Pipeline};
-use llm_pipeline::server::{ServerConfig, ServerState, router, serve};
+use llm_pipeline::server::{ServeOptions, ServerConfig, ServerState, router, serve};
 
 use crate::load::{self, Target};
 use crate::{Args, MAX_MODEL_LEN, model_path};
@@ -65,12 +65,15 @@ pub(crate) fn serve_http(a: &Args, port: u16, backend: &str) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("the bench port is free");
-        let server = ServerConfig::default().with_model_id(pipeline.model_id().to_owned());
+        let server = ServerConfig::default()
+            .with_model_id(pipeline.model_id().to_owned())
+            .with_shutdown_grace(Duration::from_secs(1));
+        let options = ServeOptions::from(&server);
         serve(
             listener,
             router(ServerState::new(pipeline, server)),
             std::future::pending::<()>(),
-            Duration::from_secs(1),
+            options,
         )
         .await
         .expect("the server runs");

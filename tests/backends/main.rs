@@ -1,5 +1,7 @@
-//! Every other backend agrees with llama.cpp on SmolLM2: the first 16 greedy tokens of a set of
-//! chat prompts, the same token ids in and the same argmax out. candle reads the very GGUF
+//! Every other backend agrees with llama.cpp: on SmolLM2, the first 16 greedy tokens of a set of
+//! chat prompts, the same token ids in and the same argmax out; on each architecture candle runs,
+//! a tiny model's logits (`architectures`); and on Gemma 3 270M, served whole through `auto` and
+//! through candle. candle reads the very GGUF
 //! llama.cpp runs; ONNX Runtime runs the export `cargo xtask models` makes from it (its Q4_1
 //! weights dequantized to f32).
 //!
@@ -19,6 +21,9 @@ use llm_pipeline::core::gguf::GgufMetadata;
 use llm_pipeline::core::template::{ChatMessage, ChatTemplate, SpecialTokenText};
 use llm_pipeline::core::tokenizer::Tokenizer;
 use llm_pipeline::llama_cpp::LlamaCppBackend;
+
+#[cfg(feature = "candle")]
+mod architectures;
 
 #[path = "../support/mod.rs"]
 #[allow(
@@ -143,11 +148,22 @@ impl Reference {
 
 /// Greedy decoding of `STEPS` tokens; returns the tokens and each step's logits.
 fn greedy(backend: &mut impl Backend, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>) {
+    decode(backend, prompt, STEPS, |_, row| argmax(row))
+}
+
+/// Feeds `prompt`, then for `steps` steps the token `pick` chooses from the step's index and
+/// logits row; returns the tokens chosen and each step's logits.
+fn decode(
+    backend: &mut impl Backend,
+    prompt: &[u32],
+    steps: usize,
+    mut pick: impl FnMut(usize, &[f32]) -> u32,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut logits = Logits::new(backend.info().vocab_size);
     let (mut tokens, mut rows) = (Vec::new(), Vec::new());
     let mut input = prompt.to_vec();
     let mut start = 0u32;
-    for _ in 0..STEPS {
+    for step in 0..steps {
         logits.clear();
         let batch = [BatchEntry {
             seq: 1,
@@ -160,7 +176,7 @@ fn greedy(backend: &mut impl Backend, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>
         }
         start += input.len() as u32;
         let row = logits.row(0).to_vec();
-        let next = argmax(&row);
+        let next = pick(step, &row);
         tokens.push(next);
         rows.push(row);
         input = vec![next];
@@ -228,4 +244,55 @@ fn ort_agrees_with_llama_cpp_on_the_first_greedy_tokens() {
         .expect("the ONNX export loads");
     let (report, failures) = reference.compare("ORT", &mut ort);
     assert_agreement(&report, failures);
+}
+
+/// Gemma 3 270M, a real non-Llama model whose GGUF has no chat template: `auto` serves it
+/// through llama.cpp and candle serves the same file through its GGUF path, both with the
+/// family's known template, and their greedy answers begin with the same tokens.
+#[cfg(feature = "candle")]
+#[tokio::test]
+async fn gemma3_270m_serves_through_auto_and_candle_alike() {
+    use llm_pipeline::core::openai::{ChatCompletionRequest, ChatMessage};
+    use llm_pipeline::core::pipeline::Pipeline;
+
+    let gguf = llm_pipeline::core::testing::gemma3();
+    let meta = GgufMetadata::from_path(&gguf).unwrap();
+    assert_eq!(meta.architecture().unwrap(), "gemma3");
+    assert!(
+        meta.chat_template().unwrap().is_none(),
+        "the fixture is a model without a chat template"
+    );
+    let config = config(&gguf);
+    let request = || {
+        ChatCompletionRequest::new(
+            "",
+            vec![ChatMessage::user("Write one sentence about the sea.")],
+        )
+        .with_max_tokens(8)
+        .with_temperature(0.0)
+    };
+    let auto = llm_pipeline::load_async(llm_pipeline::AUTO, config.clone())
+        .await
+        .expect("auto serves Gemma 3");
+    assert!(auto.backend().unwrap().starts_with("llama-cpp"));
+    let candle = llm_pipeline::load_async("candle", config)
+        .await
+        .expect("candle serves Gemma 3's GGUF");
+    let answers = [
+        auto.chat(request()).await.expect("llama.cpp answers"),
+        candle.chat(request()).await.expect("candle answers"),
+    ];
+    let texts: Vec<&str> = answers
+        .iter()
+        .map(|a| a.choices[0].message.content.as_deref().unwrap_or(""))
+        .collect();
+    eprintln!("llama.cpp: {:?}\ncandle:    {:?}", texts[0], texts[1]);
+    assert!(!texts[0].trim().is_empty(), "llama.cpp said nothing");
+    assert_eq!(
+        answers[0].usage.prompt_tokens, answers[1].usage.prompt_tokens,
+        "both render the family template into the same prompt"
+    );
+    // The first words agree (a 4-bit model may part later on a near-tie between kernels).
+    let first_words = |t: &str| t.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    assert_eq!(first_words(texts[0]), first_words(texts[1]));
 }

@@ -22,7 +22,7 @@ use async_openai::types::chat::{
 use futures::StreamExt;
 use llm_pipeline::core::engine::EngineStats;
 use llm_pipeline::core::pipeline::{EnginePipeline, Pipeline};
-use llm_pipeline::server::{LlmResponse, ServerConfig, ServerState, router, serve};
+use llm_pipeline::server::{LlmResponse, ServeOptions, ServerConfig, ServerState, router, serve};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "test-token";
@@ -55,16 +55,13 @@ static SERVER: LazyLock<Served> = LazyLock::new(|| {
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             let config = ServerConfig::default()
                 .with_auth_token(TOKEN)
-                .with_model_id(served.model_id().to_owned());
+                .with_model_id(served.model_id().to_owned())
+                .with_shutdown_grace(Duration::from_secs(1));
+            let options = ServeOptions::from(&config);
             let app = router(ServerState::new(served, config));
-            serve(
-                listener,
-                app,
-                std::future::pending::<()>(),
-                Duration::from_secs(1),
-            )
-            .await
-            .expect("the server runs");
+            serve(listener, app, std::future::pending::<()>(), options)
+                .await
+                .expect("the server runs");
         });
     });
     let addr = addr_rx.recv().expect("the server starts");
@@ -207,6 +204,10 @@ async fn the_openai_client_gets_whole_and_streamed_answers() {
     let models = client().models().list().await.expect("/v1/models");
     assert_eq!(models.data.len(), 1);
     let model = models.data[0].id.clone();
+    assert_eq!(
+        model, "SmolLM2-135M-Instruct.Q4_1",
+        "served under its name, not the path it was loaded from"
+    );
 
     let request = greedy(&model, "What is the capital of France?", 32);
     let whole = client()

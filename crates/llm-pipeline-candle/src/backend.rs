@@ -31,6 +31,17 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// The dtype of a safetensors model's dense weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// As stored (`torch_dtype`): a bf16 model stays bf16, using half the memory of f32; on the
+    /// CPU candle widens each bf16 matrix to f32 for its product, which costs speed.
+    #[default]
+    Stored,
+    /// f32 throughout: twice a half-precision model's memory, candle's fastest CPU kernels.
+    F32,
+}
+
 /// Backend-specific load options beyond [`PipelineConfig`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -38,6 +49,8 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     /// What to do with GGUF tensors whose candle kernel is slow.
     pub kernels: GgufKernels,
+    /// The dtype of safetensors weights.
+    pub precision: Precision,
 }
 
 impl LoadOptions {
@@ -50,6 +63,12 @@ impl LoadOptions {
     /// Sets the GGUF re-quantization policy.
     pub fn with_kernels(mut self, kernels: GgufKernels) -> Self {
         self.kernels = kernels;
+        self
+    }
+
+    /// Sets the dtype of safetensors weights.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 }
@@ -108,7 +127,10 @@ impl CandleBackend {
                         source,
                     })?;
                 let mc = ModelConfig::from_hf_json(&text)?;
-                let dtype = activation_dtype(&device, mc.stored_dtype);
+                let dtype = match (options.precision, mc.stored_dtype) {
+                    (Precision::Stored, Some(d @ (DType::F16 | DType::BF16))) => d,
+                    _ => DType::F32,
+                };
                 let plan = LoadPlan {
                     device: device.clone(),
                     dtype,
@@ -265,15 +287,6 @@ fn refuse_parallelism(config: &PipelineConfig) -> Result<(), CandleError> {
         }
     }
     Ok(())
-}
-
-/// Dense compute dtype: f32 on the CPU (candle's f16 CPU matmul is slow); the stored half type
-/// on CUDA.
-fn activation_dtype(device: &Device, stored: Option<DType>) -> DType {
-    match stored {
-        Some(d @ (DType::F16 | DType::BF16)) if !device.is_cpu() => d,
-        _ => DType::F32,
-    }
 }
 
 fn pick_device(choice: DeviceChoice) -> Result<Device, CandleError> {

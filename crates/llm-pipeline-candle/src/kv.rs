@@ -6,7 +6,11 @@
 //! sequence's numbers. Caches grow in chunks (doubling, at least [`CHUNK`] cells) instead of
 //! being preallocated at `MAX_MODEL_LEN`, so short requests do not reserve long ones' memory.
 //! Every cell allocated counts against the capacity reported to the engine, and the last chunk
-//! is trimmed to what is free, so the allocated total never exceeds that capacity.
+//! is trimmed to what is free, so the allocated total never exceeds that capacity. The engine
+//! counts tokens, not cells, so the cells doubling leaves unused could make a sequence the
+//! engine admitted find no room; when that happens the other sequences' caches are compacted to
+//! the cells they use, which frees every such cell: whatever the engine's token count admits,
+//! the pool holds.
 //!
 //! Prefix caching: with it on, a released sequence's cache is retained with the tokens it holds,
 //! oldest first, and stops counting against the capacity: any live sequence that needs room
@@ -38,6 +42,8 @@ pub(crate) struct KvShape {
 struct SeqCache {
     /// Tokens written and committed.
     len: usize,
+    /// Cells the current step needs (`len` plus the tokens it prepared room for).
+    wanted: usize,
     /// Cells allocated.
     cap: usize,
     /// The tokens of the first `len` cells (kept with prefix caching only).
@@ -139,10 +145,14 @@ impl KvPool {
         let cap = self.seqs.get(&seq).map_or(0, |c| c.cap);
         if let Some(c) = self.seqs.get_mut(&seq) {
             c.len = start_us;
+            c.wanted = needed;
             c.tokens.truncate(start_us);
         }
         if needed <= cap {
             return Ok(());
+        }
+        if needed - cap > self.capacity - self.allocated {
+            self.compact(seq)?;
         }
         let free = self.capacity - self.allocated;
         if needed > self.max_len || needed - cap > free {
@@ -165,13 +175,40 @@ impl KvPool {
                 .min(self.max_len);
             self.make_room(new_cap - cap);
         }
-        self.grow(seq, new_cap)
+        self.grow(seq, new_cap)?;
+        if let Some(c) = self.seqs.get_mut(&seq) {
+            c.wanted = needed;
+        }
+        Ok(())
+    }
+
+    /// Shrinks every live cache but `keep`'s to the cells its sequence uses this step.
+    fn compact(&mut self, keep: SeqId) -> Result<(), CandleError> {
+        let mut freed = 0;
+        for (id, c) in &mut self.seqs {
+            let used = c.wanted.max(c.len);
+            if *id == keep || c.cap <= used {
+                continue;
+            }
+            let mut shrunk = alloc(self.shape, self.dtype, &self.device, used)?;
+            copy_cells(&c.layers, &mut shrunk, c.len)
+                .map_err(CandleError::candle("compacting KV cache"))?;
+            freed += c.cap - used;
+            c.cap = used;
+            c.layers = shrunk;
+        }
+        if freed > 0 {
+            tracing::debug!(freed, "KV caches compacted to the cells in use");
+        }
+        self.allocated -= freed;
+        Ok(())
     }
 
     fn grow(&mut self, seq: SeqId, new_cap: usize) -> Result<(), CandleError> {
         let mut grown = self.alloc(new_cap)?;
         let entry = self.seqs.entry(seq).or_insert_with(|| SeqCache {
             len: 0,
+            wanted: 0,
             cap: 0,
             tokens: Vec::new(),
             layers: Vec::new(),
@@ -186,16 +223,7 @@ impl KvPool {
 
     /// Zeroed tensors for a cache of `cap` cells.
     fn alloc(&self, cap: usize) -> Result<Vec<(Tensor, Tensor)>, CandleError> {
-        let KvShape {
-            layers,
-            kv_heads,
-            head_dim,
-        } = self.shape;
-        let fresh = || {
-            Tensor::zeros((kv_heads, cap, head_dim), self.dtype, &self.device)
-                .map_err(CandleError::candle("allocating KV cache"))
-        };
-        (0..layers).map(|_| Ok((fresh()?, fresh()?))).collect()
+        alloc(self.shape, self.dtype, &self.device, cap)
     }
 
     /// Prefix caching: gives `seq`, which has no cache yet, the longest prefix of `tokens` that
@@ -220,15 +248,16 @@ impl KvPool {
         let Some(mut source) = self.retained.remove(at) else {
             return 0;
         };
-        self.retained_cells -= source.cap;
         if common == source.len {
             // The whole cache is the prefix: the sequence takes it over.
+            self.retained_cells -= source.cap;
             source.tokens.truncate(common);
             self.allocated += source.cap;
             self.seqs.insert(seq, source);
             return common;
         }
-        // Part of it: a copy of the common cells, the original back as the newest.
+        // Part of it: a copy of the common cells, the original back as the newest. Its cells
+        // stay counted while room is made for the copy.
         let cap = common.next_multiple_of(CHUNK).min(self.max_len);
         self.make_room(cap);
         let copied = if self.unused() >= cap {
@@ -251,6 +280,7 @@ impl KvPool {
                     seq,
                     SeqCache {
                         len: common,
+                        wanted: common,
                         cap,
                         tokens: tokens[..common].to_vec(),
                         layers,
@@ -263,7 +293,6 @@ impl KvPool {
                 0
             }
         };
-        self.retained_cells += source.cap;
         self.retained.push_back(source);
         reused
     }
@@ -324,6 +353,25 @@ impl KvPool {
     }
 }
 
+/// Zeroed per-layer key and value tensors of `cap` cells.
+fn alloc(
+    shape: KvShape,
+    dtype: DType,
+    device: &Device,
+    cap: usize,
+) -> Result<Vec<(Tensor, Tensor)>, CandleError> {
+    let KvShape {
+        layers,
+        kv_heads,
+        head_dim,
+    } = shape;
+    let fresh = || {
+        Tensor::zeros((kv_heads, cap, head_dim), dtype, device)
+            .map_err(CandleError::candle("allocating KV cache"))
+    };
+    (0..layers).map(|_| Ok((fresh()?, fresh()?))).collect()
+}
+
 /// Copies the first `len` cells of every layer of `from` into `to`.
 fn copy_cells(
     from: &[(Tensor, Tensor)],
@@ -365,11 +413,57 @@ mod tests {
         // Sequence 1 needs 130 cells: the doubling to 256 is trimmed to what is free.
         p.prepare(1, 10, 120).unwrap();
         assert_eq!(p.allocated(), 450);
-        let err = p.prepare(3, 0, 1).unwrap_err();
+        p.commit(1, &[0; 120]);
+        // 280 tokens in 450 cells: a new sequence of 170 finds room once the others' caches
+        // are compacted to the cells they use.
+        p.prepare(3, 0, 170).unwrap();
+        assert_eq!(p.allocated(), 450);
+        p.commit(3, &[0; 170]);
+        // Every cell holds a token now: one more is refused.
+        let err = p.prepare(4, 0, 1).unwrap_err();
         assert!(matches!(err, CandleError::KvExhausted { .. }), "{err}");
         p.release(2);
-        assert_eq!(p.allocated(), 450 - 2 * CHUNK);
-        p.prepare(3, 0, 1).unwrap();
+        assert_eq!(p.allocated(), 300);
+        p.prepare(4, 0, 1).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_the_room_prepared_this_step() {
+        let mut p = pool(2 * CHUNK);
+        feed(&mut p, 1, 0, &[1; 10]);
+        // One step: a new sequence takes a chunk, then another needs cells only compaction
+        // finds; the first keeps the room it was given.
+        p.prepare(2, 0, 20).unwrap();
+        p.prepare(3, 0, 100).unwrap();
+        assert!(p.seqs[&2].cap >= 20 && p.seqs[&1].cap >= 10);
+        let kv = Tensor::zeros((20, 2, 4), DType::F32, &Device::Cpu).unwrap();
+        p.write(2, 0, &kv, &kv).unwrap();
+    }
+
+    #[test]
+    fn a_prefix_copy_never_takes_the_cells_of_the_cache_it_copies() {
+        let mut p = pool(2 * CHUNK).with_prefix_caching(true);
+        feed(&mut p, 1, 0, &[1, 2, 3, 4]);
+        p.release(1);
+        feed(&mut p, 2, 0, &[5; 10]);
+        // Every cell is live or retained: a partial copy of sequence 1's cache has no room.
+        assert_eq!(p.reuse(3, &[1, 2, 9]), 0);
+        assert_eq!((p.allocated(), p.retained()), (CHUNK, CHUNK));
+        assert!(p.allocated() + p.retained() <= 2 * CHUNK);
+    }
+
+    #[test]
+    fn compaction_keeps_every_cached_token() {
+        let mut p = pool(300);
+        feed(&mut p, 1, 0, &[1, 2, 3]);
+        feed(&mut p, 2, 0, &[4, 5]);
+        assert_eq!(p.allocated(), 2 * CHUNK);
+        feed(&mut p, 3, 0, &[9; 200]);
+        assert_eq!(p.allocated(), 3 + 2 + 2 * CHUNK);
+        assert_eq!(cells(&p, 1, 3), [1, 2, 3]);
+        assert_eq!(cells(&p, 2, 2), [4, 5]);
+        feed(&mut p, 1, 3, &[6]);
+        assert_eq!(cells(&p, 1, 4), [1, 2, 3, 6]);
     }
 
     #[test]
@@ -475,11 +569,14 @@ mod tests {
         assert_eq!((p.allocated(), p.retained()), (2 * CHUNK, CHUNK));
         assert_eq!(p.reuse(4, &[1; 10]), 0, "sequence 1's cache was evicted");
         assert_eq!(p.reuse(5, &[2; 11]), 10, "sequence 2's is still there");
-        // With every cell live, the pool refuses like one without retained caches.
+        // Live sequences hold 139 tokens: a newcomer gets the cells their doublings left
+        // unused (compacted away), but no more than the tokens leave.
         assert!(matches!(
-            p.prepare(6, 0, CHUNK),
+            p.prepare(6, 0, 3 * CHUNK - 139 + 1),
             Err(CandleError::KvExhausted { .. })
         ));
+        p.prepare(6, 0, CHUNK).unwrap();
+        assert_eq!(p.allocated(), 139 + CHUNK);
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! The candle backend of llm-pipeline: Llama-family decoders on pure-Rust kernels.
+//! The candle backend of llm-pipeline: decoder-only chat models on pure-Rust kernels.
 //!
 //! [`CandleBackend`] implements the core's [`Backend`](llm_pipeline_core::backend::Backend)
 //! with its own model code (see `model`) so that one engine step can mix sequences at different
 //! positions; [`load`] builds the whole [`EnginePipeline`] (tokenizer, chat template, engine
 //! thread, backend) from a [`PipelineConfig`], like the llama.cpp crate's `load`.
 //!
-//! Models: Llama 2/3, Mistral, Qwen2/2.5 and SmolLM2, from a Hugging Face directory
-//! (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `*.safetensors` in f32, f16 or
-//! bf16) or a GGUF file (quantized tensors stay quantized). `USE_8BIT` quantizes a safetensors
-//! model's linear layers to Q8_0 at load time.
+//! Models: Llama 1/2/3/3.x, Mistral, Qwen2/2.5, Qwen3, Phi-3/3.5, Gemma 1/2/3 and SmolLM2
+//! (see `config` for what each family switches on), from a Hugging Face directory
+//! (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `*.safetensors` memory-mapped,
+//! weights kept in their stored f32, f16 or bf16 unless [`Precision::F32`] is asked) or a GGUF
+//! file (quantized tensors stay quantized). `USE_8BIT` quantizes a safetensors model's linear
+//! layers to Q8_0 at load time.
 //!
 //! Kernels: candle's, except for Q4_1 and (with AVX-512 VNNI) Q8_0 GGUF weights on the CPU,
 //! which run through this crate's own SIMD product (`packed`): candle 0.11's Q4_1 dot product
@@ -33,7 +35,7 @@ mod weights;
 
 use std::sync::Once;
 
-pub use backend::{CandleBackend, DeviceChoice, LoadOptions};
+pub use backend::{CandleBackend, DeviceChoice, LoadOptions, Precision};
 pub use candle_core;
 pub use error::CandleError;
 use llm_pipeline_core::config::PipelineConfig;

@@ -1,4 +1,4 @@
-//! The Llama-family decoder over a batch that mixes sequences at different positions.
+//! The decoder over a batch that mixes sequences at different positions.
 //!
 //! This is Orca's selective batching: every token of the step, whatever its sequence, is one row
 //! of a `(tokens, hidden)` matrix, so the projections, the MLP and the LM head each run once per
@@ -7,13 +7,15 @@
 //! it brings more than one token. Rotary embeddings are applied per row from a position table,
 //! which is what lets one step carry a prefill chunk at position 0 beside a decode at 900.
 //! candle-transformers' Llama cannot do this (it assumes one position per batch), hence our own
-//! model code.
+//! model code. The families' differences (see [`crate::config`]) are switches in one layer
+//! function: per-head query/key norms, norms after attention and MLP, GELU, soft-capping, and
+//! a sliding window that narrows the keys a query reads.
 
 use candle_core::{DType, Device, Tensor};
 use llm_pipeline_core::backend::BatchEntry;
 
 use crate::CandleError;
-use crate::config::{ModelConfig, RopeStyle};
+use crate::config::{Activation, LayerAttention, ModelConfig, RopeStyle};
 use crate::kv::KvPool;
 use crate::weights::{LayerWeights, ModelWeights};
 
@@ -25,8 +27,9 @@ const ATTN_ROWS: usize = 256;
 pub(crate) struct Model {
     pub(crate) config: ModelConfig,
     pub(crate) weights: ModelWeights,
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE tables `(cos, sin)`, global and (Gemma 3) local.
+    rope: (Tensor, Tensor),
+    local_rope: Option<(Tensor, Tensor)>,
     positions: usize,
     dtype: DType,
     device: Device,
@@ -49,12 +52,17 @@ impl Model {
         device: &Device,
     ) -> Result<Self, CandleError> {
         let dtype = weights.embed.dtype();
-        let (cos, sin) = config.rope_tables(positions, dtype, device)?;
+        let rope = config.rope_tables(positions, false, dtype, device)?;
+        let local_rope = if config.has_local_rope() {
+            Some(config.rope_tables(positions, true, dtype, device)?)
+        } else {
+            None
+        };
         Ok(Self {
             config,
             weights,
-            cos,
-            sin,
+            rope,
+            local_rope,
             positions,
             dtype,
             device: device.clone(),
@@ -118,18 +126,32 @@ impl Model {
         let half = self.config.head_dim / 2;
         let ids = Tensor::from_slice(ids, t, &self.device)?;
         let pos = Tensor::from_slice(positions, t, &self.device)?;
-        let rope = Rope {
-            cos: self.cos.index_select(&pos, 0)?.reshape((t, 1, half))?,
-            sin: self.sin.index_select(&pos, 0)?.reshape((t, 1, half))?,
-            style: self.config.rope_style,
+        let rope_at = |(cos, sin): &(Tensor, Tensor)| -> candle_core::Result<Rope> {
+            Ok(Rope {
+                cos: cos.index_select(&pos, 0)?.reshape((t, 1, half))?,
+                sin: sin.index_select(&pos, 0)?.reshape((t, 1, half))?,
+                style: self.config.rope_style,
+            })
         };
+        let rope = rope_at(&self.rope)?;
+        let local_rope = self.local_rope.as_ref().map(rope_at).transpose()?;
         let mut x = self.weights.embed.index_select(&ids, 0)?;
+        if let Some(scale) = self.config.embed_scale {
+            // Gemma multiplies by the scale rounded to the activation dtype, as here.
+            let scale = Tensor::new(scale, &self.device)?.to_dtype(self.dtype)?;
+            x = x.broadcast_mul(&scale)?;
+        }
         for (l, layer) in self.weights.layers.iter().enumerate() {
+            let attention = self.config.layers[l];
             let ctx = LayerCtx {
                 batch,
                 spans,
-                rope: &rope,
+                rope: match &local_rope {
+                    Some(local) if attention.local_rope => local,
+                    _ => &rope,
+                },
                 layer: l,
+                attention,
             };
             x = self.layer(layer, &x, &ctx, kv)?;
         }
@@ -144,8 +166,11 @@ impl Model {
         let rows = Tensor::from_vec(rows.clone(), rows.len(), &self.device)?;
         let h = x.index_select(&rows, 0)?;
         let h = candle_nn::ops::rms_norm(&h, &self.weights.norm, self.config.rms_norm_eps as f32)?;
-        let logits = self.weights.lm_head.forward(&h)?;
-        Ok(Some(logits.to_dtype(DType::F32)?))
+        let logits = self.weights.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        Ok(Some(match self.config.final_softcap {
+            Some(cap) => softcap(&logits, cap)?,
+            None => logits,
+        }))
     }
 
     fn layer(
@@ -159,11 +184,18 @@ impl Model {
         let eps = c.rms_norm_eps as f32;
         let t = x.dim(0)?;
         let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps)?;
-        let q = w.q.forward(&h)?.reshape((t, c.num_heads, 1, c.head_dim))?;
-        let k =
-            w.k.forward(&h)?
-                .reshape((t, c.num_kv_heads, 1, c.head_dim))?;
-        let v = w.v.forward(&h)?.reshape((t, c.num_kv_heads, c.head_dim))?;
+        let (q, k, v) = w
+            .qkv
+            .forward(&h, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim)?;
+        let q = q.reshape((t, c.num_heads, 1, c.head_dim))?;
+        let k = k.reshape((t, c.num_kv_heads, 1, c.head_dim))?;
+        let v = v.reshape((t, c.num_kv_heads, c.head_dim))?;
+        let head_norm = |x: Tensor, norm: &Option<Tensor>| match norm {
+            Some(n) => candle_nn::ops::rms_norm(&x, n, eps),
+            None => Ok(x),
+        };
+        let q = head_norm(q, &w.q_norm)?;
+        let k = head_norm(k, &w.k_norm)?;
         let q = ctx.rope.apply(&q)?.reshape((t, c.num_heads, c.head_dim))?;
         let k = ctx
             .rope
@@ -185,31 +217,54 @@ impl Model {
             while done < s.len {
                 let rows = ATTN_ROWS.min(s.len - done);
                 let start = e.start as usize + done;
-                let keys = start + rows;
+                // The keys the slice reads: from the first row's window to the last row.
+                let first = ctx
+                    .attention
+                    .window
+                    .map_or(0, |w| (start + 1).saturating_sub(w));
+                let keys = start + rows - first;
                 outs.push(self.attend(
                     &q.narrow(0, s.offset + done, rows)?,
-                    &ck.narrow(1, 0, keys)?,
-                    &cv.narrow(1, 0, keys)?,
-                    start,
+                    &ck.narrow(1, first, keys)?,
+                    &cv.narrow(1, first, keys)?,
+                    Window {
+                        start,
+                        first,
+                        size: ctx.attention.window,
+                    },
                 )?);
                 done += rows;
             }
         }
         let attn = Tensor::cat(&outs, 0)?;
-        let x = (x + w.o.forward(&attn)?)?;
+        let mut attn = w.o.forward(&attn)?;
+        if let Some(n) = &w.post_attn_norm {
+            attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
+        }
+        let x = (x + attn)?;
         let h = candle_nn::ops::rms_norm(&x, &w.mlp_norm, eps)?;
-        let mlp = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
-        x + w.down.forward(&mlp)?
+        let (gate, up) = w.gate_up.forward(&h, c.intermediate_size)?;
+        let gate = match c.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        let mut mlp = w.down.forward(&(gate * up)?)?;
+        if let Some(n) = &w.post_mlp_norm {
+            mlp = candle_nn::ops::rms_norm(&mlp, n, eps)?;
+        }
+        x + mlp
     }
 
-    /// One sequence's attention: `q` is `(n, heads, head_dim)` for positions `start..start + n`,
-    /// `k`/`v` its cache `(kv_heads, start + n, head_dim)`. Returns `(n, heads × head_dim)`.
+    /// One sequence's attention: `q` is `(n, heads, head_dim)` for positions
+    /// `window.start..window.start + n`, `k`/`v` the cache `(kv_heads, keys, head_dim)` from
+    /// position `window.first`. Returns `(n, heads × head_dim)`.
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        start: usize,
+        window: Window,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let n = q.dim(0)?;
@@ -221,10 +276,14 @@ impl Model {
             q.transpose(0, 1)?
                 .contiguous()?
                 .reshape((c.num_kv_heads, groups * n, c.head_dim))?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = (q.matmul(&k.t()?)? * c.attn_scale)?.to_dtype(DType::F32)?;
+        let scores = match c.attn_softcap {
+            Some(cap) => softcap(&scores, cap)?,
+            None => scores,
+        };
+        // One row reads exactly its keys (the narrowing did the window); several need a mask.
         let scores = if n > 1 {
-            let mask = causal_mask(n, start, &self.device)?;
+            let mask = window.mask(n, len, &self.device)?;
             scores
                 .reshape((c.num_kv_heads, groups, n, len))?
                 .broadcast_add(&mask)?
@@ -241,21 +300,39 @@ impl Model {
     }
 }
 
-/// Row `i` (position `start + i`) may see keys `0..=start + i`.
-fn causal_mask(n: usize, start: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let len = start + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..len).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
+/// `cap · tanh(x / cap)`.
+fn softcap(x: &Tensor, cap: f32) -> candle_core::Result<Tensor> {
+    let cap = f64::from(cap);
+    (x / cap)?.tanh()? * cap
+}
+
+/// Which keys a slice of query rows reads.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Position of the first query row.
+    start: usize,
+    /// Position of the first key given.
+    first: usize,
+    /// Sliding-window size, if the layer has one.
+    size: Option<usize>,
+}
+
+impl Window {
+    /// The additive mask `(n, len)`: row `i` (position `start + i`) sees key `j` (position
+    /// `first + j`) when it is not later and, with a window, fewer than `size` positions back.
+    fn mask(self, n: usize, len: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let query = self.start + i;
+                (0..len).map(move |j| {
+                    let key = self.first + j;
+                    let visible = key <= query && self.size.is_none_or(|w| query - key < w);
+                    if visible { 0.0 } else { f32::NEG_INFINITY }
+                })
             })
-        })
-        .collect();
-    Tensor::from_vec(mask, (n, len), device)
+            .collect();
+        Tensor::from_vec(mask, (n, len), device)
+    }
 }
 
 /// What a layer needs besides its weights.
@@ -264,6 +341,7 @@ struct LayerCtx<'a> {
     spans: &'a [Span],
     rope: &'a Rope,
     layer: usize,
+    attention: LayerAttention,
 }
 
 /// The step's rotary embedding: one cos/sin row per token.
@@ -291,9 +369,27 @@ mod tests {
 
     #[test]
     fn the_mask_is_causal_from_the_chunk_start() {
-        let m = causal_mask(2, 3, &Device::Cpu).unwrap();
-        let m: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        let w = Window {
+            start: 3,
+            first: 0,
+            size: None,
+        };
+        let m: Vec<Vec<f32>> = w.mask(2, 5, &Device::Cpu).unwrap().to_vec2().unwrap();
         assert_eq!(m[0], [0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], [0.0; 5]);
+    }
+
+    #[test]
+    fn a_window_hides_keys_too_far_back() {
+        // Rows at positions 4 and 5 with a window of 3: keys 2..=4 and 3..=5, given from 2.
+        let w = Window {
+            start: 4,
+            first: 2,
+            size: Some(3),
+        };
+        let inf = f32::NEG_INFINITY;
+        let m: Vec<Vec<f32>> = w.mask(2, 4, &Device::Cpu).unwrap().to_vec2().unwrap();
+        assert_eq!(m[0], [0.0, 0.0, 0.0, inf]);
+        assert_eq!(m[1], [inf, 0.0, 0.0, 0.0]);
     }
 }

@@ -1,6 +1,8 @@
-//! Loading a Llama-family decoder's weights from a Hugging Face directory or a GGUF file.
+//! Loading a decoder's weights from a Hugging Face directory or a GGUF file.
 //!
-//! Both formats end as the same [`ModelWeights`]: norms and the token embedding as dense
+//! Safetensors shards are memory-mapped and each tensor is copied out once, in its stored
+//! dtype unless the plan says otherwise, so loading peaks at the model's size rather than
+//! twice it. Both formats end as the same [`ModelWeights`]: norms and the token embedding as dense
 //! tensors, every linear layer as a [`Linear`] over candle's [`QMatMul`], which holds either a
 //! dense matrix or a quantized one. That is where the two load-time conversions happen:
 //! `USE_8BIT` quantizes a safetensors model's linear layers to Q8_0, and on the CPU GGUF tensors
@@ -8,17 +10,17 @@
 //! Q8_0, whose candle dot product is SIMD (see [`GgufKernels`]). Sizes are counted as they load ([`WeightMemory`]), so
 //! the 8-bit saving is measured, not assumed.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 
 use llm_pipeline_core::gguf::GgufMetadata;
 
 use crate::CandleError;
-use crate::config::ModelConfig;
+use crate::config::{GgufRopeFactors, ModelConfig};
 use crate::packed::PackedMatrix;
 
 /// Which CPU kernels run GGUF tensors whose candle 0.11 dot product is scalar (Q4_1, Q5_0,
@@ -91,18 +93,76 @@ impl Linear {
     }
 }
 
+/// The query, key and value projections: three matrices, or one whose output rows are the
+/// three in turn (Phi-3), split on the output so the weights are never copied.
+#[derive(Debug)]
+pub(crate) enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+impl Qkv {
+    /// `(q, k, v)` of `h`, `q` with `q_width` columns and `k`, `v` with `kv_width`.
+    pub(crate) fn forward(
+        &self,
+        h: &Tensor,
+        q_width: usize,
+        kv_width: usize,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        match self {
+            Self::Separate { q, k, v } => Ok((q.forward(h)?, k.forward(h)?, v.forward(h)?)),
+            Self::Fused(qkv) => {
+                let y = qkv.forward(h)?;
+                Ok((
+                    y.narrow(1, 0, q_width)?.contiguous()?,
+                    y.narrow(1, q_width, kv_width)?.contiguous()?,
+                    y.narrow(1, q_width + kv_width, kv_width)?.contiguous()?,
+                ))
+            }
+        }
+    }
+}
+
+/// The MLP's gate and up projections: two matrices, or one with the gate rows first (Phi-3).
+#[derive(Debug)]
+pub(crate) enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+impl GateUp {
+    /// `(gate, up)` of `h`, each `width` columns.
+    pub(crate) fn forward(
+        &self,
+        h: &Tensor,
+        width: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Self::Separate { gate, up } => Ok((gate.forward(h)?, up.forward(h)?)),
+            Self::Fused(w) => {
+                let y = w.forward(h)?;
+                Ok((y.narrow(1, 0, width)?, y.narrow(1, width, width)?))
+            }
+        }
+    }
+}
+
 /// One decoder layer.
 #[derive(Debug)]
 pub(crate) struct LayerWeights {
     pub(crate) attn_norm: Tensor,
-    pub(crate) q: Linear,
-    pub(crate) k: Linear,
-    pub(crate) v: Linear,
+    pub(crate) qkv: Qkv,
+    /// Per-head RMS norms of queries and keys (Qwen3, Gemma 3).
+    pub(crate) q_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<Tensor>,
     pub(crate) o: Linear,
+    /// The norm on the attention output before the residual (Gemma 2/3).
+    pub(crate) post_attn_norm: Option<Tensor>,
     pub(crate) mlp_norm: Tensor,
-    pub(crate) gate: Linear,
-    pub(crate) up: Linear,
+    pub(crate) gate_up: GateUp,
     pub(crate) down: Linear,
+    /// The norm on the MLP output before the residual (Gemma 2/3).
+    pub(crate) post_mlp_norm: Option<Tensor>,
 }
 
 /// The whole decoder.
@@ -128,7 +188,7 @@ pub(crate) struct LoadPlan {
 
 /// Where tensors come from while building [`ModelWeights`].
 enum Source {
-    Safetensors(HashMap<String, Tensor>),
+    Safetensors(MmapedSafetensors),
     Gguf {
         content: gguf_file::Content,
         file: std::fs::File,
@@ -139,12 +199,14 @@ struct Builder<'a> {
     source: Source,
     plan: &'a LoadPlan,
     memory: WeightMemory,
+    /// Norm weights are stored as offsets from one (Gemma's safetensors).
+    unit_offset_norms: bool,
 }
 
 impl Builder<'_> {
     fn has(&self, name: &str) -> bool {
         match &self.source {
-            Source::Safetensors(map) => map.contains_key(name),
+            Source::Safetensors(st) => st.get(name).is_ok(),
             Source::Gguf { content, .. } => content.tensor_infos.contains_key(name),
         }
     }
@@ -163,22 +225,41 @@ impl Builder<'_> {
 
     /// A dense tensor in the plan's dtype on the plan's device, counted as "other".
     fn dense(&mut self, name: &str) -> Result<Tensor, CandleError> {
-        let t = match &mut self.source {
-            Source::Safetensors(map) => map
-                .get(name)
-                .cloned()
-                .ok_or_else(|| CandleError::MissingTensor { name: name.into() })?,
+        let t = self.raw(name)?;
+        self.place(t)
+    }
+
+    /// A tensor as the file stores it (GGUF tensors dequantized), on the CPU.
+    fn raw(&mut self, name: &str) -> Result<Tensor, CandleError> {
+        match &mut self.source {
+            Source::Safetensors(_) => self.stored(name),
             Source::Gguf { .. } => self
                 .qtensor(name)?
                 .dequantize(&Device::Cpu)
-                .map_err(CandleError::candle("dequantizing a GGUF tensor"))?,
-        };
+                .map_err(CandleError::candle("dequantizing a GGUF tensor")),
+        }
+    }
+
+    /// `t` in the plan's dtype on the plan's device, counted as "other".
+    fn place(&mut self, t: Tensor) -> Result<Tensor, CandleError> {
         let t = t
             .to_dtype(self.plan.dtype)
             .and_then(|t| t.to_device(&self.plan.device))
             .map_err(CandleError::candle("placing a tensor"))?;
         self.memory.other_bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
         Ok(t)
+    }
+
+    /// A safetensors tensor as stored, copied out of the mapping.
+    fn stored(&self, name: &str) -> Result<Tensor, CandleError> {
+        let Source::Safetensors(st) = &self.source else {
+            unreachable!("stored is only called on safetensors sources");
+        };
+        if st.get(name).is_err() {
+            return Err(CandleError::MissingTensor { name: name.into() });
+        }
+        st.load(name, &Device::Cpu)
+            .map_err(CandleError::candle("reading safetensors"))
     }
 
     fn optional_dense(&mut self, name: &str) -> Result<Option<Tensor>, CandleError> {
@@ -189,16 +270,33 @@ impl Builder<'_> {
         }
     }
 
+    /// A norm weight, with Gemma's offset from one added (in f32, before any narrowing)
+    /// where the format stores it.
+    fn norm(&mut self, name: &str) -> Result<Tensor, CandleError> {
+        let w = self.raw(name)?;
+        let w = if self.unit_offset_norms {
+            w.to_dtype(DType::F32)
+                .and_then(|w| w + 1.0)
+                .map_err(CandleError::candle("offsetting a norm"))?
+        } else {
+            w
+        };
+        self.place(w)
+    }
+
+    fn optional_norm(&mut self, name: &str) -> Result<Option<Tensor>, CandleError> {
+        if self.has(name) {
+            self.norm(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// A linear layer from `weight` and the optional `bias`.
     fn linear(&mut self, weight: &str, bias: &str) -> Result<Linear, CandleError> {
         let weight = match &self.source {
-            Source::Safetensors(map) => {
-                let w = map
-                    .get(weight)
-                    .cloned()
-                    .ok_or_else(|| CandleError::MissingTensor {
-                        name: weight.into(),
-                    })?;
+            Source::Safetensors(_) => {
+                let w = self.stored(weight)?;
                 Weight::Candle(self.dense_matmul(w)?)
             }
             Source::Gguf { .. } => {
@@ -296,18 +394,23 @@ pub(crate) fn load_safetensors(
             message: format!("no .safetensors file in {}", dir.display()),
         });
     }
-    let mut map = HashMap::new();
-    for f in &files {
-        let tensors = candle_core::safetensors::load(f, &Device::Cpu)
-            .map_err(CandleError::candle("reading safetensors"))?;
-        map.extend(tensors);
-    }
+    // SAFETY: the mapping is read while the weights load and dropped before this returns; a
+    // file changed on disk meanwhile would give wrong weights, never unsound memory, since the
+    // bytes are copied into tensors and checked against the header's sizes.
+    let st = unsafe { MmapedSafetensors::multi(&files) }
+        .map_err(CandleError::candle("mapping safetensors"))?;
     let b = Builder {
-        source: Source::Safetensors(map),
+        source: Source::Safetensors(st),
         plan,
         memory: WeightMemory::default(),
+        unit_offset_norms: config.family.unit_offset_norms(),
     };
-    build(b, config, &HF_NAMES, config.tie_word_embeddings)
+    let names = if config.family.sandwich_norms() {
+        &HF_SANDWICH_NAMES
+    } else {
+        &HF_NAMES
+    };
+    build(b, config, names, config.tie_word_embeddings)
 }
 
 /// A GGUF file opened for loading, with the tensor directory core read with its metadata (the
@@ -366,17 +469,26 @@ impl GgufFile {
         Ok(info.shape.dims()[0])
     }
 
-    /// The contents of `rope_freqs.weight`, when present.
-    pub(crate) fn rope_factors(&mut self) -> Result<Option<Vec<f32>>, CandleError> {
-        if !self.content.tensor_infos.contains_key("rope_freqs.weight") {
+    /// The RoPE factor tensors the file has.
+    pub(crate) fn rope_factors(&mut self) -> Result<GgufRopeFactors, CandleError> {
+        Ok(GgufRopeFactors {
+            freqs: self.vector("rope_freqs.weight")?,
+            long: self.vector("rope_factors_long.weight")?,
+            short: self.vector("rope_factors_short.weight")?,
+        })
+    }
+
+    /// The contents of a one-dimensional tensor, when present.
+    fn vector(&mut self, name: &str) -> Result<Option<Vec<f32>>, CandleError> {
+        if !self.content.tensor_infos.contains_key(name) {
             return Ok(None);
         }
         let t = self
             .content
-            .tensor(&mut self.file, "rope_freqs.weight", &Device::Cpu)
+            .tensor(&mut self.file, name, &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))
             .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-            .map_err(CandleError::candle("reading rope_freqs.weight"))?;
+            .map_err(CandleError::candle("reading a RoPE factor tensor"))?;
         Ok(Some(t))
     }
 }
@@ -394,11 +506,12 @@ pub(crate) fn load_gguf(
         },
         plan,
         memory: WeightMemory::default(),
+        unit_offset_norms: false,
     };
     build(b, config, &GGUF_NAMES, false)
 }
 
-/// Where a weight format keeps each tensor of a Llama-family decoder.
+/// Where a weight format keeps each tensor of a decoder.
 struct TensorNames {
     embed: &'static str,
     /// Layer `i`'s tensors are `{layer}.{i}.{name}.weight` (and `.bias`).
@@ -407,11 +520,19 @@ struct TensorNames {
     q: &'static str,
     k: &'static str,
     v: &'static str,
+    /// Q, K and V in one matrix (Phi-3), used when present.
+    qkv: &'static str,
+    q_norm: &'static str,
+    k_norm: &'static str,
     o: &'static str,
+    post_attn_norm: &'static str,
     mlp_norm: &'static str,
     gate: &'static str,
     up: &'static str,
+    /// Gate and up in one matrix (Phi-3), used when there is no separate gate.
+    gate_up: &'static str,
     down: &'static str,
+    post_mlp_norm: &'static str,
     norm: &'static str,
     /// The untied LM head; the embedding serves when it is tied or absent.
     head: &'static str,
@@ -426,14 +547,29 @@ const HF_NAMES: TensorNames = TensorNames {
     q: "self_attn.q_proj",
     k: "self_attn.k_proj",
     v: "self_attn.v_proj",
+    qkv: "self_attn.qkv_proj",
+    q_norm: "self_attn.q_norm",
+    k_norm: "self_attn.k_norm",
     o: "self_attn.o_proj",
+    // Llama's "post-attention" norm is the MLP's input norm; Gemma 2/3 name theirs apart.
+    post_attn_norm: "",
     mlp_norm: "post_attention_layernorm",
     gate: "mlp.gate_proj",
     up: "mlp.up_proj",
+    gate_up: "mlp.gate_up_proj",
     down: "mlp.down_proj",
+    post_mlp_norm: "",
     norm: "model.norm.weight",
     head: "lm_head.weight",
     head_bias: "lm_head.bias",
+};
+
+/// Hugging Face's names for Gemma 2/3, whose layers have four norms.
+const HF_SANDWICH_NAMES: TensorNames = TensorNames {
+    post_attn_norm: "post_attention_layernorm",
+    mlp_norm: "pre_feedforward_layernorm",
+    post_mlp_norm: "post_feedforward_layernorm",
+    ..HF_NAMES
 };
 
 /// llama.cpp's names, in GGUF.
@@ -444,11 +580,17 @@ const GGUF_NAMES: TensorNames = TensorNames {
     q: "attn_q",
     k: "attn_k",
     v: "attn_v",
+    qkv: "attn_qkv",
+    q_norm: "attn_q_norm",
+    k_norm: "attn_k_norm",
     o: "attn_output",
+    post_attn_norm: "post_attention_norm",
     mlp_norm: "ffn_norm",
     gate: "ffn_gate",
     up: "ffn_up",
+    gate_up: "ffn_up",
     down: "ffn_down",
+    post_mlp_norm: "post_ffw_norm",
     norm: "output_norm.weight",
     head: "output.weight",
     head_bias: "output.bias",
@@ -466,22 +608,50 @@ fn build(
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let p = format!("{}.{i}", names.layer);
+        let weight = |name: &str| format!("{p}.{name}.weight");
         let lin = |b: &mut Builder<'_>, name: &str| {
             b.linear(&format!("{p}.{name}.weight"), &format!("{p}.{name}.bias"))
         };
+        let optional_norm = |b: &mut Builder<'_>, name: &str| {
+            if name.is_empty() {
+                Ok(None)
+            } else {
+                b.optional_norm(&weight(name))
+            }
+        };
+        let attn_norm = b.norm(&weight(names.attn_norm))?;
+        let qkv = if b.has(&weight(names.qkv)) {
+            Qkv::Fused(lin(&mut b, names.qkv)?)
+        } else {
+            Qkv::Separate {
+                q: lin(&mut b, names.q)?,
+                k: lin(&mut b, names.k)?,
+                v: lin(&mut b, names.v)?,
+            }
+        };
+        let gate_up = if b.has(&weight(names.gate)) {
+            GateUp::Separate {
+                gate: lin(&mut b, names.gate)?,
+                up: lin(&mut b, names.up)?,
+            }
+        } else {
+            GateUp::Fused(lin(&mut b, names.gate_up)?)
+        };
         layers.push(LayerWeights {
-            attn_norm: b.dense(&format!("{p}.{}.weight", names.attn_norm))?,
-            q: lin(&mut b, names.q)?,
-            k: lin(&mut b, names.k)?,
-            v: lin(&mut b, names.v)?,
+            attn_norm,
+            qkv,
+            q_norm: optional_norm(&mut b, names.q_norm)?,
+            k_norm: optional_norm(&mut b, names.k_norm)?,
             o: lin(&mut b, names.o)?,
-            mlp_norm: b.dense(&format!("{p}.{}.weight", names.mlp_norm))?,
-            gate: lin(&mut b, names.gate)?,
-            up: lin(&mut b, names.up)?,
+            post_attn_norm: optional_norm(&mut b, names.post_attn_norm)?,
+            mlp_norm: b.norm(&weight(names.mlp_norm))?,
+            gate_up,
             down: lin(&mut b, names.down)?,
+            post_mlp_norm: optional_norm(&mut b, names.post_mlp_norm)?,
         });
+        check_layer(config, &layers[i], i)?;
     }
-    let norm = b.dense(names.norm)?;
+    let norm = b.norm(names.norm)?;
     let head = if !tied && b.has(names.head) {
         names.head
     } else {
@@ -495,6 +665,36 @@ fn build(
         lm_head,
         memory: b.memory,
     })
+}
+
+/// Refuses a layer whose optional tensors disagree with the configuration: a family switch
+/// without its weights (or weights the configuration does not use) would run a different model.
+fn check_layer(config: &ModelConfig, layer: &LayerWeights, i: usize) -> Result<(), CandleError> {
+    let qk = config.family.qk_norm();
+    let sandwich = config.family.sandwich_norms();
+    for (present, wanted, what) in [
+        (layer.q_norm.is_some(), qk, "query norm"),
+        (layer.k_norm.is_some(), qk, "key norm"),
+        (
+            layer.post_attn_norm.is_some(),
+            sandwich,
+            "post-attention norm",
+        ),
+        (layer.post_mlp_norm.is_some(), sandwich, "post-MLP norm"),
+    ] {
+        if present != wanted {
+            return Err(CandleError::Unsupported {
+                setting: "MODEL_ID",
+                message: format!(
+                    "layer {i} {} a {what}, which a {:?} model {}",
+                    if present { "has" } else { "lacks" },
+                    config.family,
+                    if wanted { "needs" } else { "does not have" }
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// candle's dtype for a ggml type id (the ids of ggml's `ggml_type` enum).

@@ -424,3 +424,38 @@ fn smollm2_kernels_keep_the_greedy_tokens_of_q4_1_as_stored() {
         assert!(agree >= 14, "{kernels:?}: {agree}/16");
     }
 }
+
+/// More tokens in flight than the KV cache holds: the engine preempts sequences and brings them
+/// back, the backend never refuses what the engine admitted, and every request completes.
+#[tokio::test]
+async fn a_full_kv_cache_preempts_and_every_request_completes() {
+    // 400 cells for 8 requests of ~20 prompt and 100 generated tokens (about 960 in all).
+    let per_token = 2 * common::LAYERS * common::KV_HEADS * common::HEAD_DIM * 4;
+    let config = config(&TINY)
+        .with_cpu_kv_cache_bytes((400 * per_token) as u64)
+        .validated()
+        .unwrap();
+    let pipeline = std::sync::Arc::new(llm_pipeline_candle::load(&config).expect("it starts"));
+    let requests = (0..8).map(|i| {
+        let pipeline = std::sync::Arc::clone(&pipeline);
+        tokio::spawn(async move {
+            // No end-of-sequence or end-of-turn token: each request runs its whole length.
+            let request =
+                ChatCompletionRequest::new("", vec![ChatMessage::user(format!("story {i}"))])
+                    .with_max_tokens(100)
+                    .with_temperature(1.0)
+                    .with_seed(i)
+                    .with_logit_bias(257, -100.0)
+                    .with_logit_bias(259, -100.0);
+            pipeline.chat(request).await
+        })
+    });
+    for r in futures::future::join_all(requests).await {
+        let answer = r.unwrap().expect("every request completes");
+        assert_eq!(answer.usage.completion_tokens, 100);
+    }
+    let stats = pipeline.engine().stats();
+    assert!(stats.preemptions > 0, "the cache was full: {stats:?}");
+    assert_eq!(stats.faults, 0, "the backend never refused: {stats:?}");
+    assert!(!stats.broken);
+}

@@ -28,6 +28,9 @@ pub mod stop;
 pub mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(test)]
+mod fuzz;
 pub mod tokenizer;
 pub mod validation;
 

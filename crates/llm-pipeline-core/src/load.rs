@@ -17,8 +17,9 @@ use crate::engine::{Engine, EngineLimits};
 use crate::gguf::GgufMetadata;
 use crate::model::{ModelSource, find_gguf};
 use crate::pipeline::{EnginePipeline, ModelAssets};
-use crate::template::{ChatTemplate, SpecialTokenText};
+use crate::template::{ChatTemplate, KnownTemplate, SpecialTokenText};
 use crate::tokenizer::Tokenizer;
+use crate::validation::SamplingDefaults;
 use crate::{Error, Result};
 
 /// A located model: what its files are, read as far as every backend needs.
@@ -143,8 +144,9 @@ impl ModelFiles {
         }
     }
 
-    /// The model's chat template (or `file`'s, which replaces it), with the tokenizer's BOS and
-    /// EOS text; `None` when the model has none and no file is given.
+    /// The model's chat template (or `file`'s, which replaces it; or, for a model without one,
+    /// its family's [`KnownTemplate`]), with the tokenizer's BOS and EOS text; `None` when
+    /// there is none of these.
     ///
     /// # Errors
     /// [`Error::Config`] (`CHAT_TEMPLATE`) when `file` cannot be read; [`Error::Template`] when
@@ -164,18 +166,30 @@ impl ModelFiles {
                 Self::Directory(dir) => hf_chat_template(dir)?,
             },
         };
-        let Some(source) = source else {
-            tracing::warn!(
-                model = %self.path().display(),
-                "the model has no chat template (looked for {}); chat requests will be refused \
-                 until CHAT_TEMPLATE names one",
-                match self {
-                    Self::Gguf(_) => "tokenizer.chat_template",
-                    Self::Directory(_) =>
-                        "chat_template.jinja and tokenizer_config.json's chat_template",
+        let source = match source {
+            Some(source) => source,
+            None => match self.known_template(tokenizer)? {
+                Some(known) => {
+                    tracing::info!(
+                        template = known.name(),
+                        "the model has no chat template; using its family's"
+                    );
+                    known.source().to_owned()
                 }
-            );
-            return Ok(None);
+                None => {
+                    tracing::warn!(
+                        model = %self.path().display(),
+                        "the model has no chat template (looked for {}) and its family has no \
+                         known one; chat requests will be refused until CHAT_TEMPLATE names one",
+                        match self {
+                            Self::Gguf(_) => "tokenizer.chat_template",
+                            Self::Directory(_) =>
+                                "chat_template.jinja and tokenizer_config.json's chat_template",
+                        }
+                    );
+                    return Ok(None);
+                }
+            },
         };
         let special = tokenizer.special();
         ChatTemplate::new(
@@ -186,6 +200,54 @@ impl ModelFiles {
             },
         )
         .map(Some)
+    }
+}
+
+impl ModelFiles {
+    /// The sampling defaults of a Hugging Face directory's `generation_config.json` (none for
+    /// a GGUF, which does not carry them).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file exists but cannot be read; [`Error::Config`] (`MODEL_ID`)
+    /// when it is not JSON.
+    pub fn sampling_defaults(&self) -> Result<SamplingDefaults> {
+        let Self::Directory(dir) = self else {
+            return Ok(SamplingDefaults::default());
+        };
+        let path = dir.join("generation_config.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SamplingDefaults::default());
+            }
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            variable: "MODEL_ID",
+            message: format!("generation_config.json is not JSON: {e}"),
+        })?;
+        let defaults = SamplingDefaults::from_generation_config(&value);
+        if defaults != SamplingDefaults::default() {
+            tracing::info!(?defaults, "sampling defaults from generation_config.json");
+        }
+        Ok(defaults)
+    }
+
+    /// The family template for a model without one: by the GGUF architecture or
+    /// `config.json`'s `model_type`, and the vocabulary (see [`KnownTemplate::detect`]).
+    fn known_template(&self, tokenizer: &Tokenizer) -> Result<Option<KnownTemplate>> {
+        let architecture = match self {
+            Self::Gguf(meta) => meta.architecture()?.to_owned(),
+            Self::Directory(dir) => std::fs::read_to_string(dir.join("config.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|c| c.get("model_type")?.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        };
+        let vocab = tokenizer.inner();
+        Ok(KnownTemplate::detect(&architecture, |t| {
+            vocab.token_to_id(t).is_some()
+        }))
     }
 }
 
@@ -346,9 +408,10 @@ where
         .map(Arc::new);
     let engine = Engine::start(open, Arc::clone(&tokenizer), EngineLimits::from(config))?;
     let assets = ModelAssets {
-        model_id: config.model_id.clone(),
+        model_id: crate::model::served_name(&config.model_id),
         tokenizer,
         template,
+        defaults: files.sampling_defaults()?,
     };
     Ok(EnginePipeline::new(engine, assets, config.prices))
 }

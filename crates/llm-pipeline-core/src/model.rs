@@ -353,6 +353,38 @@ fn names(label: &str, choice: &str) -> bool {
     label == choice || label.split(['.', '-', '/']).any(|token| token == choice)
 }
 
+/// The name a model is served under, from `MODEL_ID` as given, read from the text alone: a hub
+/// id (`org/name`, `org/name:Q4_K_M`) is its own name; a path becomes the repository it is a
+/// snapshot of (`…/models--org--name/snapshots/<rev>` is `org/name`) or its last component
+/// without `.gguf`, so clients (in `/v1/models`, in error messages) never see where the
+/// operator keeps files.
+///
+/// ```
+/// use llm_pipeline_core::model::served_name;
+/// assert_eq!(served_name("meta-llama/Llama-3.1-8B-Instruct"), "meta-llama/Llama-3.1-8B-Instruct");
+/// assert_eq!(served_name("/models/SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2-135M-Instruct.Q4_1");
+/// assert_eq!(served_name("/models/models--org--tiny/snapshots/abc123"), "org/tiny");
+/// assert_eq!(served_name("./weights/qwen3"), "qwen3");
+/// ```
+pub fn served_name(model_id: &str) -> String {
+    let is_path = model_id.starts_with(['/', '.', '~'])
+        || model_id.matches('/').count() > 1
+        || model_id.ends_with(".gguf")
+        || model_id.contains('\\');
+    if !is_path {
+        return model_id.to_owned();
+    }
+    let parts: Vec<&str> = model_id
+        .split(['/', '\\'])
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if let Some(repo) = parts.iter().rev().find_map(|p| p.strip_prefix("models--")) {
+        return repo.replacen("--", "/", 1);
+    }
+    let last = parts.last().copied().unwrap_or("model");
+    last.strip_suffix(".gguf").unwrap_or(last).to_owned()
+}
+
 /// The GGUF file in `dir` to load: the one there is, or the one `choice` names (a quantization
 /// such as `Q4_K_M`, or a file name). Split files (`-00001-of-0000N.gguf`) count as one model,
 /// opened at the first shard.

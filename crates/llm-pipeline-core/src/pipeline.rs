@@ -22,7 +22,7 @@ use crate::openai::{
 use crate::pricing::{Price, PriceTable};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
-use crate::validation::{self, GenerationRequest, ModelLimits};
+use crate::validation::{self, GenerationRequest, ModelLimits, SamplingDefaults};
 use crate::{Error, Result};
 
 /// A stream of chunks; an `Err` item ends it (the backend failed mid-generation).
@@ -197,6 +197,8 @@ pub struct ModelAssets {
     /// The chat template; `None` for a model without one (a base model), whose chat requests
     /// are then refused with a 400 that says so.
     pub template: Option<Arc<ChatTemplate>>,
+    /// The model's sampling defaults (`generation_config.json`).
+    pub defaults: SamplingDefaults,
 }
 
 /// The pricing figures of one request, as exact rationals.
@@ -268,6 +270,7 @@ impl EnginePipeline {
         ModelLimits {
             model_id: self.assets.model_id.clone(),
             vocab_size: self.engine.backend_info().vocab_size,
+            defaults: self.assets.defaults,
         }
     }
 
@@ -313,11 +316,33 @@ impl EnginePipeline {
         .map_err(|e| Error::backend("the tokenizer task failed", e))?
     }
 
+    /// Refuses, before any rendering or tokenizing, a request the engine has no room for and
+    /// messages too long for the context whatever their tokens: no token stands for more than
+    /// `max_token_bytes` bytes of the tokenizer's (normalized) text, and normalization shrinks
+    /// a character at most from four bytes to one.
+    fn admit(&self, generation: &GenerationRequest) -> Result<()> {
+        self.engine.check_room()?;
+        let bytes: usize = generation.messages.iter().map(|m| m.content.len()).sum();
+        let at_least = bytes / (4 * self.assets.tokenizer.max_token_bytes());
+        let context = self.engine.limits().max_model_len as usize;
+        if at_least >= context {
+            return Err(Error::validation(
+                "messages",
+                format!(
+                    "the messages are {bytes} bytes, at least {at_least} tokens; the model's \
+                     context (MAX_MODEL_LEN) is {context} tokens"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     async fn prepare(
         &self,
         request: &ChatCompletionRequest,
     ) -> Result<(Prepared, GenerationRequest)> {
         let generation = validation::validate(request, &self.limits())?;
+        self.admit(&generation)?;
         let prompt = self.tokenize(&generation).await?;
         let max_model_len = self.engine.limits().max_model_len;
         let room = max_model_len.saturating_sub(prompt.len() as u32);

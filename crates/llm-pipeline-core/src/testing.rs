@@ -55,6 +55,15 @@ pub fn smollm2() -> PathBuf {
     fixture("LLM_PIPELINE_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Gemma 3 270M, a base model without a chat template (Q4_K_M GGUF):
+/// `$LLM_PIPELINE_GEMMA3`, or the xtask's cache.
+///
+/// # Panics
+/// When the file is missing.
+pub fn gemma3() -> PathBuf {
+    fixture("LLM_PIPELINE_GEMMA3", "gemma-3-270m-q4_k_m.gguf")
+}
+
 /// A fresh, empty directory for one test in this process: `llmp-{name}-{pid}` in the
 /// temporary directory, emptied first.
 ///

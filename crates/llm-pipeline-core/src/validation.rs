@@ -23,12 +23,56 @@ pub const MAX_N: u32 = 8;
 pub const MAX_TOP_LOGPROBS: u8 = 20;
 
 /// What validation needs to know about the served model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelLimits {
     /// The served model's id; a request's non-empty `model` must equal it.
     pub model_id: String,
     /// The vocabulary size, bounding `logit_bias` keys.
     pub vocab_size: usize,
+    /// The model's sampling defaults, for the fields a request leaves out.
+    pub defaults: SamplingDefaults,
+}
+
+/// A model's sampling defaults (`generation_config.json`), used for the fields a request
+/// leaves out, as vLLM does by default: Llama 3.1 asks temperature 0.6 and top-p 0.9, Qwen2.5
+/// adds top-k 20 and a repetition penalty. `do_sample` is not read (vLLM does not either): a
+/// request wanting greedy output says `temperature: 0`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingDefaults {
+    /// Default `temperature`.
+    pub temperature: Option<f32>,
+    /// Default `top_p`.
+    pub top_p: Option<f32>,
+    /// Default `top_k`.
+    pub top_k: Option<i32>,
+    /// Default `min_p`.
+    pub min_p: Option<f32>,
+    /// Default `repetition_penalty`.
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// Reads the defaults of a `generation_config.json`; a value outside what a request may ask
+    /// is left out (and logged), so a default can never make a request invalid.
+    pub fn from_generation_config(config: &serde_json::Value) -> Self {
+        let number = |key: &str, valid: &dyn Fn(f64) -> bool| -> Option<f64> {
+            let v = config.get(key)?.as_f64()?;
+            if valid(v) {
+                Some(v)
+            } else {
+                tracing::warn!(key, value = v, "generation_config.json default ignored");
+                None
+            }
+        };
+        Self {
+            temperature: number("temperature", &|v| (0.0..=2.0).contains(&v)).map(|v| v as f32),
+            top_p: number("top_p", &|v| v > 0.0 && v <= 1.0).map(|v| v as f32),
+            top_k: number("top_k", &|v| v >= -1.0 && v.fract() == 0.0 && v < 1e9).map(|v| v as i32),
+            min_p: number("min_p", &|v| (0.0..=1.0).contains(&v)).map(|v| v as f32),
+            repetition_penalty: number("repetition_penalty", &|v| v > 0.0 && v.is_finite())
+                .map(|v| v as f32),
+        }
+    }
 }
 
 /// One message ready for the chat template: a role and plain text.
@@ -75,7 +119,8 @@ pub struct GenerationRequest {
 /// [`Error::Validation`] for the first invalid field, naming it and its limit.
 pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<GenerationRequest> {
     refuse_unsupported(request)?;
-    if !request.model.is_empty() && request.model != model.model_id {
+    // A client may name the model as served or as the operator configured it (a path).
+    if !request.model.is_empty() && crate::model::served_name(&request.model) != model.model_id {
         return Err(Error::validation(
             "model",
             format!(
@@ -85,6 +130,14 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         ));
     }
     let messages = messages(&request.messages)?;
+    if let Some(v) = &request.parallel_tool_calls
+        && !v.is_boolean()
+    {
+        return Err(Error::validation(
+            "parallel_tool_calls",
+            format!("must be a boolean, not {v}"),
+        ));
+    }
     bounded("user", request.user.as_deref())?;
     if request.stream_options.is_some() && !request.stream.unwrap_or(false) {
         return Err(Error::validation(
@@ -92,15 +145,21 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
             "is only allowed when `stream` is true",
         ));
     }
-    let temperature = in_range("temperature", request.temperature, 1.0, 0.0..=2.0)?;
-    let top_p = request.top_p.unwrap_or(1.0);
+    let defaults = &model.defaults;
+    let temperature = in_range(
+        "temperature",
+        request.temperature.or(defaults.temperature),
+        1.0,
+        0.0..=2.0,
+    )?;
+    let top_p = request.top_p.or(defaults.top_p).unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(Error::validation(
             "top_p",
             format!("{top_p} is not in (0, 1]"),
         ));
     }
-    let top_k = match request.top_k.unwrap_or(-1) {
+    let top_k = match request.top_k.or(defaults.top_k).unwrap_or(-1) {
         k if k < -1 => {
             return Err(Error::validation(
                 "top_k",
@@ -109,7 +168,7 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         }
         k => k.max(0) as usize,
     };
-    let min_p = in_range("min_p", request.min_p, 0.0, 0.0..=1.0)?;
+    let min_p = in_range("min_p", request.min_p.or(defaults.min_p), 0.0, 0.0..=1.0)?;
     let presence_penalty = in_range(
         "presence_penalty",
         request.presence_penalty,
@@ -122,7 +181,10 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         0.0,
         -2.0..=2.0,
     )?;
-    let repetition_penalty = request.repetition_penalty.unwrap_or(1.0);
+    let repetition_penalty = request
+        .repetition_penalty
+        .or(defaults.repetition_penalty)
+        .unwrap_or(1.0);
     if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
         return Err(Error::validation(
             "repetition_penalty",
@@ -387,10 +449,17 @@ fn logit_bias(r: &ChatCompletionRequest, vocab_size: usize) -> Result<Vec<(u32, 
     let mut out = Vec::with_capacity(map.len());
     for (key, &bias) in map {
         let param = || format!("logit_bias[{key}]");
+        // Only the canonical spelling: `05`, ` 5` or `+5` beside `5` would name one token twice.
         let id: u32 = key
-            .trim()
             .parse()
-            .map_err(|_| Error::validation(param(), "keys must be token ids (decimal integers)"))?;
+            .ok()
+            .filter(|id: &u32| id.to_string() == *key)
+            .ok_or_else(|| {
+                Error::validation(
+                    param(),
+                    "keys must be token ids in canonical decimal (no sign, spaces or leading zeros)",
+                )
+            })?;
         if id as usize >= vocab_size {
             return Err(Error::validation(
                 param(),
@@ -418,6 +487,7 @@ mod tests {
         ModelLimits {
             model_id: "smollm2".into(),
             vocab_size: 1000,
+            defaults: SamplingDefaults::default(),
         }
     }
 
@@ -572,5 +642,47 @@ mod tests {
         let a = validate(&req(json!({})), &limits()).unwrap();
         let b = validate(&req(json!({})), &limits()).unwrap();
         assert_ne!(a.sampling.seed, b.sampling.seed);
+    }
+
+    #[test]
+    fn the_models_defaults_fill_what_the_request_leaves_out() {
+        let defaults = SamplingDefaults::from_generation_config(&json!({
+            "do_sample": true, "temperature": 0.6, "top_p": 0.9, "top_k": 20,
+            "repetition_penalty": 1.05, "min_p": 7.0
+        }));
+        assert_eq!(defaults.min_p, None, "an out-of-range default is ignored");
+        let model = ModelLimits {
+            defaults,
+            ..limits()
+        };
+        let g = validate(&req(json!({})), &model).unwrap();
+        assert_eq!(g.sampling.temperature, 0.6);
+        assert_eq!(g.sampling.top_p, 0.9);
+        assert_eq!(g.sampling.top_k, 20);
+        assert_eq!(g.sampling.repetition_penalty, 1.05);
+        let g = validate(&req(json!({"temperature": 0.0, "top_k": -1})), &model).unwrap();
+        assert_eq!(g.sampling.temperature, 0.0, "the request's own value wins");
+        assert_eq!(g.sampling.top_k, 0);
+    }
+
+    #[test]
+    fn logit_bias_keys_are_canonical_and_parallel_tool_calls_a_boolean() {
+        for key in ["05", " 5", "+5", "5 "] {
+            assert_eq!(
+                param_of(json!({"logit_bias": {key: 1.0}})),
+                format!("logit_bias[{key}]")
+            );
+        }
+        assert!(
+            validate(
+                &req(json!({"logit_bias": {"5": 1.0, "0": -1.0}})),
+                &limits()
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            param_of(json!({"parallel_tool_calls": "yes"})),
+            "parallel_tool_calls"
+        );
     }
 }

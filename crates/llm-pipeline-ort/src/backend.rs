@@ -477,11 +477,17 @@ impl Backend for OrtBackend {
                 _ => self.run_group::<f32>(batch, members, group, &mut rows),
             };
             if let Err(e) = ran {
-                // A failed run may have consumed the resident batch: no cache is trustworthy
-                // now. Every sequence is dropped; the engine fails this step's requests, and
-                // any other sequence fails on its next step with a position error.
-                self.seqs.clear();
-                self.resident = Resident::default();
+                // The failed run's inputs may have been consumed: its sequences lose their
+                // caches (the engine fails their requests), and if it took the resident batch,
+                // so does every row of it. Every other sequence keeps its cache and goes on.
+                for &i in members {
+                    self.release(batch[i].seq);
+                }
+                if self.resident.values.is_empty() {
+                    self.seqs
+                        .retain(|_, s| !matches!(s.place, Place::Resident(_)));
+                    self.resident = Resident::default();
+                }
                 return Err(e);
             }
         }

@@ -143,6 +143,62 @@ fn batched_logits_equal_alone_on_the_tiny_model() {
     eprintln!("f32: largest logit difference, batched vs alone: {worst:e}");
 }
 
+/// A step that fails (a token id outside the vocabulary makes ONNX Runtime's gather fail)
+/// costs only its own sequence's cache: the others go on from where they were, with the
+/// logits they would have had.
+#[test]
+fn a_failed_step_keeps_the_other_sequences_caches() {
+    let dir = common::tiny();
+    let mut backend =
+        OrtBackend::open(&dir, &common::config(&dir, 256, 8), &OrtOptions::default()).unwrap();
+    let vocab = backend.info().vocab_size;
+    let tokens: Vec<u32> = (0..12).map(|i| 5 + i * 13).collect();
+    let expected = alone(&mut backend, 9, &tokens, 8);
+    let step = |backend: &mut OrtBackend, entries: &[BatchEntry<'_>]| {
+        let mut logits = Logits::new(vocab);
+        backend.forward(entries, &mut logits).map(|()| logits)
+    };
+    // Sequence 1 prefills, then sequence 2 brings a token the model does not have.
+    let first = step(
+        &mut backend,
+        &[BatchEntry {
+            seq: 1,
+            start: 0,
+            tokens: &tokens[..8],
+            wants_logits: true,
+        }],
+    )
+    .unwrap();
+    assert!(max_diff(first.row(0), &expected[0]) < 1e-4);
+    let bad = [vocab as u32 + 1000];
+    assert!(
+        step(
+            &mut backend,
+            &[BatchEntry {
+                seq: 2,
+                start: 0,
+                tokens: &bad,
+                wants_logits: true,
+            }],
+        )
+        .is_err()
+    );
+    // Sequence 1 decodes on, unharmed.
+    for (k, t) in tokens[8..].iter().enumerate() {
+        let logits = step(
+            &mut backend,
+            &[BatchEntry {
+                seq: 1,
+                start: 8 + k as u32,
+                tokens: std::slice::from_ref(t),
+                wants_logits: true,
+            }],
+        )
+        .expect("the other sequence's cache survived");
+        assert!(max_diff(logits.row(0), &expected[k + 1]) < 1e-4);
+    }
+}
+
 #[test]
 fn a_float16_export_runs_with_half_precision_kv() {
     // The tiny model's float16-interface export, alone in a directory.

@@ -3,7 +3,8 @@
 //! The pipeline's settings (`MODEL_ID`, `MAX_NUM_SEQS`, `MAX_QUEUE`, prices, …) live in
 //! [`llm_pipeline_core::config::PipelineConfig`]; this struct holds only what the HTTP edge
 //! decides, read from the same environment with the names Livepeer's runner uses (`HOST`,
-//! `PORT`, `AUTH_TOKEN`) plus `MAX_REQUEST_BYTES` of our own. Flags of the `serve` example
+//! `PORT`, `AUTH_TOKEN`) plus our own limits of the edge: `MAX_REQUEST_BYTES`,
+//! `HTTP_HEADER_TIMEOUT` and `HTTP_BODY_TIMEOUT` (seconds) and `MAX_CONNECTIONS`. Flags of the `serve` example
 //! override them through the `with_*` builders.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,6 +14,10 @@ use llm_pipeline_core::{Error, Result};
 
 /// The default request body limit: 4 MiB, room for long conversations but not for abuse.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// The default cap on open connections: far more than clients a runner serves at once, far
+/// fewer than the file descriptors a server process gets.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Settings of the HTTP edge.
 #[derive(Clone, PartialEq, Eq)]
@@ -26,6 +31,16 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// `MAX_REQUEST_BYTES`: the largest request body; larger ones get 413.
     pub max_request_bytes: usize,
+    /// `HTTP_HEADER_TIMEOUT` (seconds, default 30): a connection whose next request's headers
+    /// have not all arrived within this is closed, whether the client is slow or idle between
+    /// keep-alive requests.
+    pub header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT` (seconds, default 60): a request whose body has not all arrived
+    /// within this gets 408.
+    pub body_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 4096): connections open at once; beyond it, new ones wait in
+    /// the listen backlog until one closes.
+    pub max_connections: usize,
     /// How often a stream that has nothing to send yet (its request waits in the queue) sends
     /// an SSE comment, so that proxies keep the connection open.
     pub keep_alive: Duration,
@@ -45,6 +60,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("port", &self.port)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
             .field("keep_alive", &self.keep_alive)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("pipeline_name", &self.pipeline_name)
@@ -60,6 +78,9 @@ impl Default for ServerConfig {
             port: 8000,
             auth_token: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             keep_alive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
             pipeline_name: "llm".to_owned(),
@@ -69,8 +90,9 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Reads `HOST`, `PORT`, `AUTH_TOKEN`, `MAX_REQUEST_BYTES` and `MODEL_ID` from the process
-    /// environment; unset or empty variables keep their defaults.
+    /// Reads `HOST`, `PORT`, `AUTH_TOKEN`, `MAX_REQUEST_BYTES`, `HTTP_HEADER_TIMEOUT`,
+    /// `HTTP_BODY_TIMEOUT`, `MAX_CONNECTIONS` and `MODEL_ID` from the process environment; unset
+    /// or empty variables keep their defaults.
     ///
     /// # Errors
     /// [`Error::Config`] naming the variable when a value does not parse.
@@ -96,6 +118,30 @@ impl ServerConfig {
         config.auth_token = get("AUTH_TOKEN").map(|t| t.trim().to_owned());
         if let Some(bytes) = get("MAX_REQUEST_BYTES") {
             config.max_request_bytes = parse("MAX_REQUEST_BYTES", &bytes)?;
+        }
+        for (variable, slot) in [
+            ("HTTP_HEADER_TIMEOUT", &mut config.header_timeout),
+            ("HTTP_BODY_TIMEOUT", &mut config.body_timeout),
+        ] {
+            if let Some(secs) = get(variable) {
+                let secs: f64 = parse(variable, &secs)?;
+                *slot = Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| Error::Config {
+                        variable,
+                        message: format!("{secs} is not a positive number of seconds"),
+                    })?;
+            }
+        }
+        if let Some(n) = get("MAX_CONNECTIONS") {
+            config.max_connections = parse("MAX_CONNECTIONS", &n)?;
+            if config.max_connections == 0 {
+                return Err(Error::Config {
+                    variable: "MAX_CONNECTIONS",
+                    message: "must be at least 1".into(),
+                });
+            }
         }
         if let Some(model) = get("MODEL_ID") {
             config.model_id = model;
@@ -143,6 +189,21 @@ impl ServerConfig {
         self
     }
 
+    /// Sets the header and body timeouts.
+    #[must_use]
+    pub fn with_timeouts(mut self, header: Duration, body: Duration) -> Self {
+        self.header_timeout = header;
+        self.body_timeout = body;
+        self
+    }
+
+    /// Sets the cap on open connections (at least 1).
+    #[must_use]
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
     /// Sets the shutdown grace period.
     #[must_use]
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
@@ -181,13 +242,26 @@ mod tests {
             ("PORT", "9000"),
             ("AUTH_TOKEN", " secret\n"),
             ("MAX_REQUEST_BYTES", "1024"),
+            ("HTTP_HEADER_TIMEOUT", "2.5"),
+            ("MAX_CONNECTIONS", "10"),
         ]
         .into();
         let config = ServerConfig::from_lookup(|k| env.get(k).map(|v| (*v).to_owned())).unwrap();
         assert_eq!(config.addr().to_string(), "127.0.0.1:9000");
         assert_eq!(config.auth_token.as_deref(), Some("secret"));
         assert_eq!(config.max_request_bytes, 1024);
+        assert_eq!(config.header_timeout, Duration::from_millis(2500));
+        assert_eq!(config.body_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_connections, 10);
         assert!(!format!("{config:?}").contains("secret"));
+        for (var, bad) in [("HTTP_BODY_TIMEOUT", "0"), ("MAX_CONNECTIONS", "0")] {
+            let err =
+                ServerConfig::from_lookup(|k| (k == var).then(|| bad.to_owned())).unwrap_err();
+            assert!(
+                matches!(err, Error::Config { variable, .. } if variable == var),
+                "{err}"
+            );
+        }
 
         let err =
             ServerConfig::from_lookup(|k| (k == "PORT").then(|| "eighty".to_owned())).unwrap_err();

@@ -35,6 +35,12 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The body did not all arrive in time (`HTTP_BODY_TIMEOUT`).
+    #[error("the request body did not arrive within {} s", timeout.as_secs_f64())]
+    BodyTimeout {
+        /// The limit.
+        timeout: std::time::Duration,
+    },
     /// The body could not be read.
     #[error("cannot read the request body: {message}")]
     BadBody {
@@ -78,6 +84,7 @@ impl ApiError {
             Self::Core(e) => core_status(e),
             Self::BadJson { .. } | Self::BadBody { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -106,7 +113,10 @@ impl ApiError {
             Self::BadJson { message, param } => {
                 ErrorResponse::invalid_request(message.clone(), param.clone())
             }
-            Self::PayloadTooLarge { .. } | Self::BadBody { .. } | Self::MethodNotAllowed { .. } => {
+            Self::PayloadTooLarge { .. }
+            | Self::BodyTimeout { .. }
+            | Self::BadBody { .. }
+            | Self::MethodNotAllowed { .. } => {
                 ErrorResponse::invalid_request(self.to_string(), None)
             }
             Self::Unauthorized { .. } => ErrorResponse::authentication(self.to_string()),

@@ -66,7 +66,7 @@ pub(crate) async fn version<P: Pipeline + Clone + 'static>(
 ) -> Json<VersionBody> {
     Json(VersionBody {
         pipeline: state.config().pipeline_name.clone(),
-        model_id: state.model_id().to_owned(),
+        model_id: state.model_id(),
         version: env!("CARGO_PKG_VERSION"),
         backend: state.pipeline().ok().and_then(|p| p.backend()),
     })
@@ -104,7 +104,7 @@ pub(crate) async fn hardware_info<P: Pipeline + Clone + 'static>(
 ) -> Json<HardwareInfo> {
     Json(HardwareInfo {
         pipeline: state.config().pipeline_name.clone(),
-        model_id: state.model_id().to_owned(),
+        model_id: state.model_id(),
         gpu_info: blocking(gpu::compute_info).await,
     })
 }
@@ -115,7 +115,7 @@ pub(crate) async fn hardware_stats<P: Pipeline + Clone + 'static>(
 ) -> Json<HardwareStats> {
     Json(HardwareStats {
         pipeline: state.config().pipeline_name.clone(),
-        model_id: state.model_id().to_owned(),
+        model_id: state.model_id(),
         gpu_stats: blocking(gpu::utilization).await,
     })
 }

@@ -31,7 +31,7 @@ mod livepeer;
 mod metrics;
 mod state;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ use axum::routing::{get, post};
 use llm_pipeline_core::pipeline::Pipeline;
 use tokio::net::TcpListener;
 
-pub use config::{DEFAULT_MAX_REQUEST_BYTES, ServerConfig};
+pub use config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES, ServerConfig};
 pub use error::ApiError;
 pub use livepeer::{LlmChoice, LlmMessage, LlmRequest, LlmResponse};
 pub use metrics::{Metrics, Outcome};
@@ -71,6 +71,7 @@ where
         .layer(axum::Extension(extract::BodyLimit(
             config.max_request_bytes,
         )))
+        .layer(axum::Extension(extract::BodyTimeout(config.body_timeout)))
         .with_state(state.clone());
     if let Some(token) = config.auth_token {
         let token: Arc<str> = token.into();
@@ -96,45 +97,96 @@ async fn count_responses<P: Pipeline + Clone + 'static>(
     response
 }
 
+/// How [`serve`] treats connections: the edge's limits and the shutdown grace, as
+/// [`ServerConfig`] sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// How long in-flight requests may run after the shutdown signal.
+    pub shutdown_grace: Duration,
+    /// How long a request's headers may take to arrive (idle keep-alive connections too).
+    pub header_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl From<&ServerConfig> for ServeOptions {
+    fn from(config: &ServerConfig) -> Self {
+        Self {
+            shutdown_grace: config.shutdown_grace,
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections.max(1),
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and lets
-/// in-flight requests finish for at most `grace` before returning.
+/// in-flight requests finish for at most `options.shutdown_grace` before returning.
+///
+/// The edge's limits come from `options`: at most `max_connections` open at once (the next
+/// waits in the listen backlog), each closed when a request's headers take longer than
+/// `header_timeout` to arrive, which also ends idle keep-alive connections; request bodies are
+/// bounded in time by the router (`body_timeout`). Slow or idle clients thus hold a connection
+/// slot for a bounded time and never a worker: `/health` stays answerable beside them.
 ///
 /// # Errors
-/// The listener's I/O error.
+/// None today: errors accepting a connection (too many open files, say) are logged and retried
+/// after a pause, as a server must.
 pub async fn serve<F>(
     listener: TcpListener,
     router: Router,
     shutdown: F,
-    grace: Duration,
+    options: ServeOptions,
 ) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!(
-            grace_secs = grace.as_secs_f64(),
-            "shutting down: no new connections; finishing in-flight requests"
-        );
-        let _ = signalled_tx.send(());
-    };
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let deadline = async move {
-        match signalled_rx.await {
-            Ok(()) => tokio::time::sleep(grace).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .keep_alive(true);
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let grace = options.shutdown_grace;
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: no new connections; finishing in-flight requests"
+    );
     tokio::select! {
-        result = server => result,
-        () = deadline => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; dropping the requests still in flight");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM: the signals an operator or an orchestrator

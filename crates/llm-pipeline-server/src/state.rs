@@ -95,6 +95,36 @@ impl<P: Pipeline> ServerState<P> {
         self.inner.model.set(Err(reason)).is_ok()
     }
 
+    /// Loads the model with `load` on tokio's blocking pool, then marks the state ready or
+    /// failed; a panic in `load` is a failure too (its message is the reason), so `/health`
+    /// never stays `LOADING` after the load has ended. Call it from within a tokio runtime.
+    pub fn load_in_background<F, E>(&self, load: F)
+    where
+        P: Send + Sync + 'static,
+        F: FnOnce() -> Result<P, E> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)) {
+                Ok(Ok(pipeline)) => {
+                    state.set_ready(pipeline);
+                }
+                Ok(Err(e)) => {
+                    state.set_failed(e);
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    state.set_failed(format!("the model load panicked: {what}"));
+                }
+            }
+        });
+    }
+
     /// The pipeline, once it is loaded.
     ///
     /// # Errors
@@ -117,11 +147,12 @@ impl<P: Pipeline> ServerState<P> {
         }
     }
 
-    /// The served model's id: the pipeline's, or the configured one while loading.
-    pub fn model_id(&self) -> &str {
+    /// The served model's id: the pipeline's, or the name of the configured one while loading
+    /// (never a filesystem path; see [`served_name`](llm_pipeline_core::model::served_name)).
+    pub fn model_id(&self) -> String {
         match self.inner.model.get() {
-            Some(Ok(p)) => p.model_id(),
-            _ => &self.inner.config.model_id,
+            Some(Ok(p)) => p.model_id().to_owned(),
+            _ => llm_pipeline_core::model::served_name(&self.inner.config.model_id),
         }
     }
 }

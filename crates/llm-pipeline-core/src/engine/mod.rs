@@ -365,6 +365,29 @@ impl Engine {
         self.shared.limits
     }
 
+    /// Whether a request would be admitted now, checked before any work on it (rendering,
+    /// tokenizing): [`Error::EngineStopped`] when the engine is broken, [`Error::QueueFull`]
+    /// when `max_num_seqs + max_queue` requests are in flight. [`Engine::submit`] checks again,
+    /// exactly; this is the cheap early refusal.
+    ///
+    /// # Errors
+    /// As described.
+    pub fn check_room(&self) -> Result<()> {
+        let c = &self.shared.counters;
+        if c.broken.load(Ordering::SeqCst) {
+            return Err(Error::EngineStopped);
+        }
+        let limits = self.shared.limits;
+        let cap = (limits.max_num_seqs as usize).saturating_add(limits.max_queue as usize);
+        let in_flight = c.in_flight.load(Ordering::SeqCst);
+        if in_flight >= cap {
+            return Err(Error::QueueFull {
+                waiting: in_flight.saturating_sub(limits.max_num_seqs as usize),
+            });
+        }
+        Ok(())
+    }
+
     /// The tokenizer the engine decodes with.
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.shared.tokenizer

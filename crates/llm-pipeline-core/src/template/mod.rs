@@ -14,12 +14,14 @@
 //! [`Error::Template`]) and rendered per request. A template that calls `raise_exception`
 //! rejects the conversation (roles out of order, a role it does not know), which is the client's
 //! fault, so that becomes an [`Error::Validation`] on `messages` carrying the template's text;
-//! any other render failure is the model's template at fault and stays an [`Error::Template`].
+//! any other render failure is also a 400 on `messages` (the conversation is what differs from
+//! one request to the next), logged for the operator since the template may be at fault.
 //!
 //! The two Python imitations the environment needs sit in their own files: `json` (the `tojson`
 //! filter, Python's `json.dumps`) and `strftime` (`strftime_now`, C's `strftime` in UTC).
 
 mod json;
+mod known;
 mod strftime;
 
 use std::borrow::Cow;
@@ -29,6 +31,7 @@ use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind};
 
 use self::json::tojson;
+pub use self::known::KnownTemplate;
 use self::strftime::strftime_now;
 use crate::error::{Error, Result};
 
@@ -112,7 +115,11 @@ impl ChatTemplate {
     /// # Errors
     ///
     /// [`Error::Validation`] on `messages` when the template rejects the conversation with
-    /// `raise_exception` (its text is the message); [`Error::Template`] for any other failure.
+    /// `raise_exception` (its text is the message) or fails on it any other way (a template
+    /// that indexes a message the conversation lacks, say): the conversation is what this
+    /// request changes, so the client gets a 400 naming `messages` and the template's reason,
+    /// and the failure is logged for the operator. [`Error::Template`] when the compiled
+    /// template cannot be loaded.
     pub fn render(&self, messages: &[ChatMessage<'_>]) -> Result<String> {
         let template = self
             .env
@@ -134,7 +141,13 @@ impl ChatTemplate {
             .render(context)
             .map_err(|err| match raised_message(&err) {
                 Some(message) => Error::validation("messages", message),
-                None => template_error("cannot render", err),
+                None => {
+                    tracing::warn!(error = %err, "the chat template failed on a conversation");
+                    Error::validation(
+                        "messages",
+                        format!("the model's chat template cannot render this conversation: {err}"),
+                    )
+                }
             })
     }
 }
@@ -471,18 +484,14 @@ mod tests {
     }
 
     #[test]
-    fn other_render_failures_are_template_errors() {
+    fn other_render_failures_are_client_errors_on_messages() {
         let err = render_str("{{ no_such_function() }}").unwrap_err();
         assert!(
-            matches!(
-                err,
-                Error::Template {
-                    source: Some(_),
-                    ..
-                }
-            ),
+            matches!(&err, Error::Validation { param, message } if param == "messages"
+                && message.contains("cannot render this conversation")),
             "{err:?}"
         );
+        assert!(err.is_client_error());
     }
 
     #[test]

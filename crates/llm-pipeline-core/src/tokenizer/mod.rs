@@ -70,6 +70,9 @@ struct Shared {
     /// SentencePiece prefix space), for the text of single tokens.
     piece_decoder: Option<DecoderWrapper>,
     vocab_size: usize,
+    /// The longest token spelling in bytes: no token stands for more bytes of text, so a text
+    /// of `n` bytes is at least `n / max_token_bytes` tokens.
+    max_token_bytes: usize,
     /// The tokenizer that reads special tokens' spellings as plain text, and those spellings;
     /// built on first use (see [`Tokenizer::encode_chat`]).
     literal: std::sync::OnceLock<(tokenizers::Tokenizer, Vec<String>)>,
@@ -93,11 +96,22 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     fn new(inner: tokenizers::Tokenizer, special: SpecialTokens, vocab_size: usize) -> Self {
         let piece_decoder = inner.get_decoder().map(piece_decoder);
+        // Spellings are at least as long as the text they stand for: byte-level BPE spells a
+        // byte with one character of one or two bytes, SentencePiece a space with `▁` (three)
+        // and a fallback byte as `<0x0A>` (six).
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Self {
             shared: Arc::new(Shared {
                 inner,
                 special,
                 piece_decoder,
+                max_token_bytes,
                 vocab_size,
                 literal: std::sync::OnceLock::new(),
             }),
@@ -291,6 +305,13 @@ impl Tokenizer {
         }
         encode(&self.shared.inner, &text[at..], &mut ids)?;
         Ok(self.with_bos(ids))
+    }
+
+    /// The most bytes of text one token can stand for (an upper bound, from the longest
+    /// spelling in the vocabulary): a text of `n` bytes is at least `n / max_token_bytes()`
+    /// tokens, which lets admission refuse an oversized prompt before tokenizing it.
+    pub fn max_token_bytes(&self) -> usize {
+        self.shared.max_token_bytes
     }
 
     /// Decodes `ids` to text.

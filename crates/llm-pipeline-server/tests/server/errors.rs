@@ -265,3 +265,59 @@ async fn while_loading_model_endpoints_are_503_and_health_says_loading() {
     );
     assert_eq!(call(&app, get("/v1/models")).await.status, 503);
 }
+
+#[tokio::test]
+async fn a_load_that_fails_or_panics_turns_health_to_error() {
+    for panics in [false, true] {
+        let state = ServerState::<llm_pipeline_core::pipeline::EnginePipeline>::loading(
+            ServerConfig::default().with_model_id("/models/secret/place/model.gguf"),
+        );
+        let app = router(state.clone());
+        assert_eq!(
+            call(&app, get("/version")).await.json()["model_id"],
+            "model",
+            "the model's name while loading, never its path"
+        );
+        state.load_in_background(move || {
+            if panics {
+                panic!("the weights are corrupt");
+            }
+            Err("no such file")
+        });
+        let started = std::time::Instant::now();
+        loop {
+            let health = call(&app, get("/health")).await.json();
+            if health == json!({"status": "ERROR"}) {
+                break;
+            }
+            assert_eq!(health, json!({"status": "LOADING"}));
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "still LOADING after the load ended (panics: {panics})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_too_long_for_any_tokenization_are_refused_before_tokenizing() {
+    let s = server(Setup::default());
+    let bytes_per_token = s.pipeline.tokenizer().max_token_bytes();
+    // Four times the most bytes the context could hold, whatever the tokens.
+    let long = "t9 ".repeat(4 * bytes_per_token * 1024 / 3 + 1);
+    let reply = call(
+        &s.router,
+        post("/v1/chat/completions", &chat_body(&long, 2)),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    let error = reply.error();
+    assert_eq!(error["param"], "messages");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("at least") && message.contains("MAX_MODEL_LEN"),
+        "{message}"
+    );
+    assert_eq!(s.pipeline.engine().stats().in_flight, 0);
+}

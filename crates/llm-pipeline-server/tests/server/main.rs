@@ -7,5 +7,6 @@ mod common;
 
 mod chat;
 mod errors;
+mod limits;
 mod livepeer;
 mod ops;

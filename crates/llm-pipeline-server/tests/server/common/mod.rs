@@ -97,6 +97,7 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
         template: (!setup.no_template).then(|| {
             Arc::new(ChatTemplate::new(CHATML_TEMPLATE, SpecialTokenText::default()).unwrap())
         }),
+        defaults: Default::default(),
     };
     let prices = PriceTable {
         price_per_unit: 3,
@@ -300,6 +301,12 @@ pub struct Socket {
 
 /// Serves `router` on a free port of 127.0.0.1 with a shutdown grace of `grace`.
 pub async fn listen(router: &Router, grace: Duration) -> Socket {
+    let config = llm_pipeline_server::ServerConfig::default().with_shutdown_grace(grace);
+    listen_with(router, llm_pipeline_server::ServeOptions::from(&config)).await
+}
+
+/// Serves `router` on a free port of 127.0.0.1 with `options`.
+pub async fn listen_with(router: &Router, options: llm_pipeline_server::ServeOptions) -> Socket {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -309,7 +316,7 @@ pub async fn listen(router: &Router, grace: Duration) -> Socket {
         async move {
             let _ = stopped.await;
         },
-        grace,
+        options,
     ));
     Socket { addr, stop, server }
 }
