@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use llm_pipeline::candle::CandleBackend;
 use llm_pipeline::candle::candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use llm_pipeline::candle::candle_core::{Device, Tensor};
-use llm_pipeline::core::config::PipelineConfig;
 use llm_pipeline::core::load::ModelFiles;
 use llm_pipeline::core::template::{ChatMessage, KnownTemplate};
 use llm_pipeline::llama_cpp::LlamaCppBackend;
@@ -30,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use super::{NEAR_TIE, STEPS, argmax, decode, gap, greedy};
+use super::{NEAR_TIE, STEPS, argmax, config, decode, gap, greedy};
 
 /// Largest difference allowed between candle's and llama.cpp's logits.
 const TOLERANCE: f32 = 1e-2;
@@ -606,18 +605,6 @@ fn fixture(name: &str) -> (Arch, PathBuf, PathBuf) {
     write_hf(&a, &dir, &tensors);
     write_gguf(&a, &gguf, &tensors);
     (a, dir, gguf)
-}
-
-fn config(model: &Path) -> PipelineConfig {
-    PipelineConfig::default()
-        .with_model_id(model.to_string_lossy())
-        .with_max_model_len(CONTEXT)
-        .with_max_num_seqs(1)
-        .with_max_num_batched_tokens(CONTEXT)
-        .with_threads(1)
-        .with_cpu_kv_cache_bytes(64 << 20)
-        .validated()
-        .expect("a valid test configuration")
 }
 
 /// The prompt as a user of the model would send it, through the fixture's own files.

@@ -30,6 +30,9 @@ pub(crate) struct Model {
     /// RoPE tables `(cos, sin)`, global and (Gemma 3) local.
     rope: (Tensor, Tensor),
     local_rope: Option<(Tensor, Tensor)>,
+    /// Gemma's factor on the embeddings, as a scalar in the activation dtype (rounded to it,
+    /// as Gemma's own code rounds it).
+    embed_scale: Option<Tensor>,
     positions: usize,
     dtype: DType,
     device: Device,
@@ -58,11 +61,17 @@ impl Model {
         } else {
             None
         };
+        let embed_scale = config
+            .embed_scale
+            .map(|scale| Tensor::new(scale, device).and_then(|t| t.to_dtype(dtype)))
+            .transpose()
+            .map_err(CandleError::candle("embedding scale"))?;
         Ok(Self {
             config,
             weights,
             rope,
             local_rope,
+            embed_scale,
             positions,
             dtype,
             device: device.clone(),
@@ -136,10 +145,8 @@ impl Model {
         let rope = rope_at(&self.rope)?;
         let local_rope = self.local_rope.as_ref().map(rope_at).transpose()?;
         let mut x = self.weights.embed.index_select(&ids, 0)?;
-        if let Some(scale) = self.config.embed_scale {
-            // Gemma multiplies by the scale rounded to the activation dtype, as here.
-            let scale = Tensor::new(scale, &self.device)?.to_dtype(self.dtype)?;
-            x = x.broadcast_mul(&scale)?;
+        if let Some(scale) = &self.embed_scale {
+            x = x.broadcast_mul(scale)?;
         }
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let attention = self.config.layers[l];
@@ -190,12 +197,8 @@ impl Model {
         let q = q.reshape((t, c.num_heads, 1, c.head_dim))?;
         let k = k.reshape((t, c.num_kv_heads, 1, c.head_dim))?;
         let v = v.reshape((t, c.num_kv_heads, c.head_dim))?;
-        let head_norm = |x: Tensor, norm: &Option<Tensor>| match norm {
-            Some(n) => candle_nn::ops::rms_norm(&x, n, eps),
-            None => Ok(x),
-        };
-        let q = head_norm(q, &w.q_norm)?;
-        let k = head_norm(k, &w.k_norm)?;
+        let q = norm_if(q, w.q_norm.as_ref(), eps)?;
+        let k = norm_if(k, w.k_norm.as_ref(), eps)?;
         let q = ctx.rope.apply(&q)?.reshape((t, c.num_heads, c.head_dim))?;
         let k = ctx
             .rope
@@ -216,31 +219,24 @@ impl Model {
             let mut done = 0;
             while done < s.len {
                 let rows = ATTN_ROWS.min(s.len - done);
-                let start = e.start as usize + done;
+                let window = Window {
+                    start: e.start as usize + done,
+                    size: ctx.attention.window,
+                };
                 // The keys the slice reads: from the first row's window to the last row.
-                let first = ctx
-                    .attention
-                    .window
-                    .map_or(0, |w| (start + 1).saturating_sub(w));
-                let keys = start + rows - first;
+                let first = window.first();
+                let keys = window.start + rows - first;
                 outs.push(self.attend(
                     &q.narrow(0, s.offset + done, rows)?,
                     &ck.narrow(1, first, keys)?,
                     &cv.narrow(1, first, keys)?,
-                    Window {
-                        start,
-                        first,
-                        size: ctx.attention.window,
-                    },
+                    window,
                 )?);
                 done += rows;
             }
         }
         let attn = Tensor::cat(&outs, 0)?;
-        let mut attn = w.o.forward(&attn)?;
-        if let Some(n) = &w.post_attn_norm {
-            attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
-        }
+        let attn = norm_if(w.o.forward(&attn)?, w.post_attn_norm.as_ref(), eps)?;
         let x = (x + attn)?;
         let h = candle_nn::ops::rms_norm(&x, &w.mlp_norm, eps)?;
         let (gate, up) = w.gate_up.forward(&h, c.intermediate_size)?;
@@ -249,10 +245,11 @@ impl Model {
             Activation::GeluTanh => gate.gelu()?,
             Activation::Gelu => gate.gelu_erf()?,
         };
-        let mut mlp = w.down.forward(&(gate * up)?)?;
-        if let Some(n) = &w.post_mlp_norm {
-            mlp = candle_nn::ops::rms_norm(&mlp, n, eps)?;
-        }
+        let mlp = norm_if(
+            w.down.forward(&(gate * up)?)?,
+            w.post_mlp_norm.as_ref(),
+            eps,
+        )?;
         x + mlp
     }
 
@@ -300,6 +297,15 @@ impl Model {
     }
 }
 
+/// `x` RMS-normalized with `norm` over its last dimension, or `x` itself for a family without
+/// that norm.
+fn norm_if(x: Tensor, norm: Option<&Tensor>, eps: f32) -> candle_core::Result<Tensor> {
+    match norm {
+        Some(n) => candle_nn::ops::rms_norm(&x, n, eps),
+        None => Ok(x),
+    }
+}
+
 /// `cap · tanh(x / cap)`.
 fn softcap(x: &Tensor, cap: f32) -> candle_core::Result<Tensor> {
     let cap = f64::from(cap);
@@ -311,21 +317,25 @@ fn softcap(x: &Tensor, cap: f32) -> candle_core::Result<Tensor> {
 struct Window {
     /// Position of the first query row.
     start: usize,
-    /// Position of the first key given.
-    first: usize,
     /// Sliding-window size, if the layer has one.
     size: Option<usize>,
 }
 
 impl Window {
+    /// Position of the first key any row of the slice sees: the first row's window start.
+    fn first(self) -> usize {
+        self.size.map_or(0, |w| (self.start + 1).saturating_sub(w))
+    }
+
     /// The additive mask `(n, len)`: row `i` (position `start + i`) sees key `j` (position
-    /// `first + j`) when it is not later and, with a window, fewer than `size` positions back.
+    /// `first() + j`) when it is not later and, with a window, fewer than `size` positions back.
     fn mask(self, n: usize, len: usize, device: &Device) -> candle_core::Result<Tensor> {
         let mask: Vec<f32> = (0..n)
             .flat_map(|i| {
                 let query = self.start + i;
+                let first = self.first();
                 (0..len).map(move |j| {
-                    let key = self.first + j;
+                    let key = first + j;
                     let visible = key <= query && self.size.is_none_or(|w| query - key < w);
                     if visible { 0.0 } else { f32::NEG_INFINITY }
                 })
@@ -371,7 +381,6 @@ mod tests {
     fn the_mask_is_causal_from_the_chunk_start() {
         let w = Window {
             start: 3,
-            first: 0,
             size: None,
         };
         let m: Vec<Vec<f32>> = w.mask(2, 5, &Device::Cpu).unwrap().to_vec2().unwrap();
@@ -384,9 +393,9 @@ mod tests {
         // Rows at positions 4 and 5 with a window of 3: keys 2..=4 and 3..=5, given from 2.
         let w = Window {
             start: 4,
-            first: 2,
             size: Some(3),
         };
+        assert_eq!(w.first(), 2);
         let inf = f32::NEG_INFINITY;
         let m: Vec<Vec<f32>> = w.mask(2, 4, &Device::Cpu).unwrap().to_vec2().unwrap();
         assert_eq!(m[0], [0.0, 0.0, 0.0, inf]);

@@ -18,7 +18,7 @@ use crate::gguf::GgufMetadata;
 use crate::model::{ModelSource, find_gguf};
 use crate::pipeline::{EnginePipeline, ModelAssets};
 use crate::template::{ChatTemplate, KnownTemplate, SpecialTokenText};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, read_json};
 use crate::validation::SamplingDefaults;
 use crate::{Error, Result};
 
@@ -208,24 +208,15 @@ impl ModelFiles {
     /// a GGUF, which does not carry them).
     ///
     /// # Errors
-    /// [`Error::Io`] when the file exists but cannot be read; [`Error::Config`] (`MODEL_ID`)
-    /// when it is not JSON.
+    /// [`Error::Io`] when the file exists but cannot be read; [`Error::Tokenizer`] when it is
+    /// not JSON (as [`Tokenizer::from_dir`], which reads its EOS ids, reports it).
     pub fn sampling_defaults(&self) -> Result<SamplingDefaults> {
         let Self::Directory(dir) = self else {
             return Ok(SamplingDefaults::default());
         };
-        let path = dir.join("generation_config.json");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(SamplingDefaults::default());
-            }
-            Err(source) => return Err(Error::Io { path, source }),
+        let Some(value) = read_json(&dir.join("generation_config.json"))? else {
+            return Ok(SamplingDefaults::default());
         };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-            variable: "MODEL_ID",
-            message: format!("generation_config.json is not JSON: {e}"),
-        })?;
         let defaults = SamplingDefaults::from_generation_config(&value);
         if defaults != SamplingDefaults::default() {
             tracing::info!(?defaults, "sampling defaults from generation_config.json");
@@ -238,9 +229,9 @@ impl ModelFiles {
     fn known_template(&self, tokenizer: &Tokenizer) -> Result<Option<KnownTemplate>> {
         let architecture = match self {
             Self::Gguf(meta) => meta.architecture()?.to_owned(),
-            Self::Directory(dir) => std::fs::read_to_string(dir.join("config.json"))
+            Self::Directory(dir) => read_json(&dir.join("config.json"))
                 .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .flatten()
                 .and_then(|c| c.get("model_type")?.as_str().map(str::to_owned))
                 .unwrap_or_default(),
         };

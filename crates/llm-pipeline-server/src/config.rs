@@ -15,6 +15,9 @@ use llm_pipeline_core::{Error, Result};
 /// The default request body limit: 4 MiB, room for long conversations but not for abuse.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
 
+/// The default time a request body may take to arrive (`HTTP_BODY_TIMEOUT`).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The default cap on open connections: far more than clients a runner serves at once, far
 /// fewer than the file descriptors a server process gets.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -79,7 +82,7 @@ impl Default for ServerConfig {
             auth_token: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             header_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(60),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             keep_alive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),

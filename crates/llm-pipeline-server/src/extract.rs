@@ -32,7 +32,7 @@ where
         let timeout = req
             .extensions()
             .get::<BodyTimeout>()
-            .map_or(std::time::Duration::from_secs(60), |t| t.0);
+            .map_or(crate::config::DEFAULT_BODY_TIMEOUT, |t| t.0);
         let read = tokio::time::timeout(timeout, Bytes::from_request(req, state))
             .await
             .map_err(|_| ApiError::BodyTimeout { timeout })?;

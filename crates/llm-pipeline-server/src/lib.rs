@@ -43,7 +43,9 @@ use axum::routing::{get, post};
 use llm_pipeline_core::pipeline::Pipeline;
 use tokio::net::TcpListener;
 
-pub use config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES, ServerConfig};
+pub use config::{
+    DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES, ServerConfig,
+};
 pub use error::ApiError;
 pub use livepeer::{LlmChoice, LlmMessage, LlmRequest, LlmResponse};
 pub use metrics::{Metrics, Outcome};

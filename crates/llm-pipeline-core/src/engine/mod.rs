@@ -315,13 +315,10 @@ impl Engine {
             ));
         }
         let c = &self.shared.counters;
-        let cap = (limits.max_num_seqs as usize).saturating_add(limits.max_queue as usize);
         let before = c.in_flight.fetch_add(1, Ordering::SeqCst);
-        if before >= cap {
+        if let Err(full) = self.room_beside(before) {
             c.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::QueueFull {
-                waiting: before.saturating_sub(limits.max_num_seqs as usize),
-            });
+            return Err(full);
         }
         let (tx, rx) = tokio_mpsc::unbounded_channel();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -377,9 +374,13 @@ impl Engine {
         if c.broken.load(Ordering::SeqCst) {
             return Err(Error::EngineStopped);
         }
+        self.room_beside(c.in_flight.load(Ordering::SeqCst))
+    }
+
+    /// [`Error::QueueFull`] when `in_flight` requests fill `max_num_seqs + max_queue`.
+    fn room_beside(&self, in_flight: usize) -> Result<()> {
         let limits = self.shared.limits;
         let cap = (limits.max_num_seqs as usize).saturating_add(limits.max_queue as usize);
-        let in_flight = c.in_flight.load(Ordering::SeqCst);
         if in_flight >= cap {
             return Err(Error::QueueFull {
                 waiting: in_flight.saturating_sub(limits.max_num_seqs as usize),

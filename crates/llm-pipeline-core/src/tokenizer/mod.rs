@@ -376,8 +376,9 @@ fn piece_decoder(decoder: &DecoderWrapper) -> DecoderWrapper {
     }
 }
 
-/// Parses the JSON file at `path`; `None` if it does not exist.
-fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+/// Parses the JSON file at `path`; `None` if it does not exist. The model directory's JSON files
+/// (`tokenizer_config.json`, `generation_config.json`, `config.json`) are all read through it.
+pub(crate) fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
