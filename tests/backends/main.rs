@@ -24,6 +24,7 @@ use llm_pipeline::llama_cpp::LlamaCppBackend;
 
 #[cfg(feature = "candle")]
 mod architectures;
+mod kv;
 
 #[path = "../support/mod.rs"]
 #[allow(

@@ -1,10 +1,12 @@
 //! The server on a real socket with SmolLM2: the `async-openai` client, the Livepeer `/llm`
-//! protocol, concurrency beyond `MAX_NUM_SEQS`, disconnects and a burst beyond the queue.
+//! protocol, concurrency beyond `MAX_NUM_SEQS`, disconnects and a burst beyond the queue; and
+//! the `serve` example as a process of its own ([`lifecycle`]).
 //!
 //! One server (4 sequence slots, a queue of 32, so 36 requests in flight at most) runs on its
 //! own runtime thread for the whole binary; the tests take turns on it through [`EXCLUSIVE`] so
 //! that each one sees the engine to itself and can check that it settles back to idle.
 
+mod lifecycle;
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -55,6 +55,10 @@ const TASKS: &[(&str, &str)] = &[
     ),
     ("doc", "build the API docs of every crate, warnings denied"),
     (
+        "soak [ARGS]",
+        "30 minutes of mixed HTTP load with injected faults (ARGS: --minutes M --clients N --fault-every S)",
+    ),
+    (
         "bench",
         "run the serving and throughput benches and the criterion benches",
     ),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         "clippy" => clippy(rest),
         "doc" => doc(rest),
         "bench" => bench(rest),
+        "soak" => soak(rest),
         "chart" => {
             let json = rest
                 .first()
@@ -335,10 +340,32 @@ fn demo(args: &[String]) -> Result<()> {
 /// and the server.
 const ALL_FEATURES: &str = "llm-pipeline/server,llm-pipeline/ort,llm-pipeline/candle";
 
+/// The soak bench (`benches/soak.rs`): a server under mixed load with faults injected. It
+/// checks behaviour, not speed, so it runs in the tests' build (dependencies optimized, llama.cpp
+/// as Release) rather than making a release build of everything.
+fn soak(args: &[String]) -> Result<()> {
+    let model = smollm2()?;
+    run(cargo()?
+        .args([
+            "test",
+            "--features",
+            ALL_FEATURES,
+            "--bench",
+            "soak",
+            "--",
+            "--bench",
+        ])
+        .args(args)
+        .env("LLM_PIPELINE_SMOLLM2", &model))
+}
+
 fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
     let gemma = gemma3()?;
     let onnx = onnx::fixtures(&model)?;
+    // The `serve` example as a program of its own, which the HTTP tests start (`cargo test`
+    // builds examples only as test harnesses).
+    run(cargo()?.args(["build", "--features", ALL_FEATURES, "--example", "serve"]))?;
     run(cargo()?
         .args([
             "test",

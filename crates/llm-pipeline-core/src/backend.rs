@@ -89,6 +89,18 @@ pub struct BackendInfo {
     pub description: String,
 }
 
+/// What a failed [`Backend::forward`] cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepFailure {
+    /// Any sequence of the batch may be damaged: the engine fails them all.
+    Batch,
+    /// These sequences lost their KV cache (as if released); every other sequence, in the batch
+    /// or not, is as it was before the step. The engine computes the lost ones again from their
+    /// first token, as after a preemption, and runs the others on; a sequence lost again and
+    /// again is failed, since it is likely the cause.
+    Lost(Vec<SeqId>),
+}
+
 /// A batched inference backend.
 pub trait Backend: Send {
     /// The backend's error type.
@@ -105,6 +117,14 @@ pub trait Backend: Send {
     /// engine then fails the step's requests.
     fn forward(&mut self, batch: &[BatchEntry<'_>], logits: &mut Logits)
     -> Result<(), Self::Error>;
+
+    /// After [`forward`](Backend::forward) failed with `error`: what the failure cost. The
+    /// default, [`StepFailure::Batch`], is right for every backend; one that knows which
+    /// sequences it damaged lets the engine retry the rest instead of failing their requests.
+    fn failure(&mut self, error: &Self::Error) -> StepFailure {
+        let _ = error;
+        StepFailure::Batch
+    }
 
     /// Frees the KV cache of `seq`; a no-op for unknown sequences. A backend that offers
     /// [`reuse_prefix`](Backend::reuse_prefix) may keep the released cells' contents for a later

@@ -12,13 +12,17 @@
 //! oversized batches change the output or fail the step. Engines, pipelines and servers run
 //! over it exactly as over a real model; only the network's arithmetic is replaced.
 
+mod faults;
+
+pub use faults::{Fault, FaultSwitch, Faulty};
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, common_prefix};
+use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, StepFailure, common_prefix};
 use crate::tokenizer::Tokenizer;
 
 /// The xtask's cache: `$LLM_PIPELINE_CACHE`, else `~/.cache/llm-pipeline`.
@@ -158,6 +162,12 @@ pub struct TestBackend {
     fail_from: Option<usize>,
     /// Steps that panic.
     panic_steps: Vec<usize>,
+    /// Steps that fail, costing only the batch's first sequence its cache.
+    lose_steps: Vec<usize>,
+    /// A token that makes every step fail, costing the sequences holding it their caches.
+    poison: Option<u32>,
+    /// The sequences the last failed step cost, for [`Backend::failure`].
+    lost: Vec<SeqId>,
     /// The logit of the model's token (every other token has 0).
     peak: f32,
 }
@@ -177,6 +187,9 @@ impl TestBackend {
             fail_steps: Vec::new(),
             fail_from: None,
             panic_steps: Vec::new(),
+            lose_steps: Vec::new(),
+            poison: None,
+            lost: Vec::new(),
             peak: 30.0,
         }
     }
@@ -211,6 +224,31 @@ impl TestBackend {
         self
     }
 
+    /// Fails the given steps (counting from 1) in a way the backend pins on one sequence: the
+    /// batch's first loses its cache and [`Backend::failure`] names it; the others are untouched.
+    pub fn losing_at_steps(mut self, steps: &[usize]) -> Self {
+        self.lose_steps = steps.to_vec();
+        self
+    }
+
+    /// Fails every step whose batch holds a sequence with `token` (input the model cannot take),
+    /// pinned on those sequences as [`losing_at_steps`](Self::losing_at_steps) does.
+    pub fn poisoned_by(mut self, token: Option<u32>) -> Self {
+        self.poison = token;
+        self
+    }
+
+    /// Drops the caches of `seqs` and fails the step, naming them.
+    fn lose(&mut self, seqs: Vec<SeqId>) -> Result<(), TestError> {
+        for seq in &seqs {
+            self.kv.remove(seq);
+        }
+        self.seen.live.store(self.kv.len(), Ordering::SeqCst);
+        let message = format!("simulated fault in sequences {seqs:?}");
+        self.lost = seqs;
+        Err(TestError(message))
+    }
+
     /// The logit of the model's token; lower values let sampling pick others.
     pub fn with_peak_logit(mut self, peak: f32) -> Self {
         self.peak = peak;
@@ -221,6 +259,16 @@ impl TestBackend {
     pub fn observed_by(mut self, observed: Arc<Observed>) -> Self {
         self.seen = observed;
         self
+    }
+}
+
+/// What a test backend's failed step cost: the sequences it pinned the failure on (taken), or
+/// the whole batch when it pinned none.
+fn pinned(lost: &mut Vec<SeqId>) -> StepFailure {
+    if lost.is_empty() {
+        StepFailure::Batch
+    } else {
+        StepFailure::Lost(std::mem::take(lost))
     }
 }
 
@@ -253,6 +301,24 @@ impl Backend for TestBackend {
         if self.fail_steps.contains(&self.steps) || self.fail_from.is_some_and(|f| self.steps >= f)
         {
             return Err(TestError("simulated device fault at 0xdeadbeef".into()));
+        }
+        if self.lose_steps.contains(&self.steps)
+            && let Some(first) = batch.first()
+        {
+            return self.lose(vec![first.seq]);
+        }
+        if let Some(poison) = self.poison {
+            let poisoned: Vec<SeqId> = batch
+                .iter()
+                .filter(|e| {
+                    e.tokens.contains(&poison)
+                        || self.kv.get(&e.seq).is_some_and(|c| c.contains(&poison))
+                })
+                .map(|e| e.seq)
+                .collect();
+            if !poisoned.is_empty() {
+                return self.lose(poisoned);
+            }
         }
         let tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
         self.seen
@@ -296,6 +362,10 @@ impl Backend for TestBackend {
         }
         self.seen.live.store(self.kv.len(), Ordering::SeqCst);
         Ok(())
+    }
+
+    fn failure(&mut self, _: &TestError) -> StepFailure {
+        pinned(&mut self.lost)
     }
 
     fn release(&mut self, seq: SeqId) {

@@ -1,16 +1,24 @@
 //! [`Backend`] over one ONNX Runtime session of a decoder-with-past export.
 //!
-//! Each engine step becomes at most two graph runs: one over the decode rows (one new token
-//! each) and one over the prefill rows (several tokens each). Keeping them apart means a long
-//! prompt chunk never pads every decoding sequence to its length. Each run is one padded call:
-//! rows are stacked, the attention mask marks each row's real columns and `position_ids` its
-//! positions, and only the logits rows the engine asked for are copied out. Where each
-//! sequence's KV lives between steps, and when it is copied, is the business of [`crate::kv`].
+//! Each engine step becomes a few graph runs: the decode rows (one new token each) apart from
+//! the prefill rows (several tokens each), so that a long prompt chunk never pads every decoding
+//! sequence to its length. Each run is one padded call: rows are stacked, the attention mask
+//! marks each row's real columns and `position_ids` its positions, and only the logits rows the
+//! engine asked for are copied out. Where each sequence's KV lives between steps, and when it is
+//! copied, is the business of [`crate::kv`].
+//!
+//! Padding costs memory: a run holds `rows × (longest past + new tokens)` cells twice (the past
+//! it is given and the present it returns), so one long sequence beside a hundred short ones
+//! would pad every short one to its length. A run of several rows is therefore kept within half
+//! the KV capacity ([`OrtBackend::run_cells`]): rows are sorted by length and cut into runs that
+//! fit, the long ones running apart. With the compact caches (at most the capacity, which the
+//! engine enforces) that keeps a step's KV within `CPU_KV_CACHE_SPACE`. A single row always
+//! runs, without a copy: its own tensors are its past.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use llm_pipeline_core::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, StepFailure};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
@@ -25,13 +33,14 @@ struct SeqKv {
     place: Place,
 }
 
-/// Which rows a graph run carries.
+/// Where a graph run's output goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Group {
-    /// One token per row; the output becomes the resident batch.
-    Decode,
-    /// Prompt chunks; the output is compacted into each sequence's own tensors.
-    Prefill,
+    /// Decode rows (one token each); the output becomes the resident batch.
+    Resident,
+    /// Prompt chunks, and decode rows that run apart from the resident batch (long ones, see
+    /// the module's docs); the output is compacted into each sequence's own tensors.
+    Own,
 }
 
 /// The ONNX Runtime backend.
@@ -43,6 +52,9 @@ pub struct OrtBackend {
     present_names: Vec<String>,
     seqs: HashMap<SeqId, SeqKv>,
     resident: Resident,
+    run_cells: usize,
+    /// The sequences the last failed step cost their caches.
+    lost: Vec<SeqId>,
     meter: KvCopyMeter,
     info: BackendInfo,
 }
@@ -91,6 +103,8 @@ impl OrtBackend {
             iface,
             seqs: HashMap::new(),
             resident: Resident::default(),
+            run_cells: (info.kv_capacity / 2) as usize,
+            lost: Vec::new(),
             meter,
             info,
         }
@@ -99,6 +113,64 @@ impl OrtBackend {
     /// The counters of KV copies.
     pub fn meter(&self) -> &KvCopyMeter {
         &self.meter
+    }
+
+    /// The most padded KV cells (`rows × columns`) a graph run of several rows may hold: half
+    /// of [`BackendInfo::kv_capacity`], so that its past and its present together stay within
+    /// the capacity beside the compact caches.
+    pub fn run_cells(&self) -> usize {
+        self.run_cells
+    }
+
+    /// Cuts the rows of one kind (`members`, indices into `batch`) into graph runs within
+    /// [`run_cells`](Self::run_cells). Decode rows that the resident batch carries as it is
+    /// stay one run; otherwise rows are sorted by past length and cut where the padded size
+    /// would pass the limit, and of decode runs, the one with the most rows becomes the new
+    /// resident batch while the others keep their own tensors.
+    fn plan(
+        &self,
+        batch: &[BatchEntry<'_>],
+        members: &[usize],
+        decode: bool,
+    ) -> Vec<(Group, Vec<usize>)> {
+        if decode && self.resident_order(batch, members).is_some() {
+            return vec![(Group::Resident, members.to_vec())];
+        }
+        let past = |i: usize| self.seqs.get(&batch[i].seq).map_or(0, |s| s.len);
+        let mut sorted = members.to_vec();
+        sorted.sort_by_key(|&i| (past(i), batch[i].tokens.len()));
+        let mut runs: Vec<Vec<usize>> = Vec::new();
+        let mut widest = (0, 0);
+        for i in sorted {
+            let wider = (widest.0.max(past(i)), widest.1.max(batch[i].tokens.len()));
+            match runs.last_mut() {
+                Some(run) if (run.len() + 1) * (wider.0 + wider.1) <= self.run_cells => {
+                    run.push(i);
+                    widest = wider;
+                }
+                _ => {
+                    runs.push(vec![i]);
+                    widest = (past(i), batch[i].tokens.len());
+                }
+            }
+        }
+        let resident = runs
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, run)| run.len())
+            .map(|(r, _)| r)
+            .filter(|_| decode);
+        runs.into_iter()
+            .enumerate()
+            .map(|(r, run)| {
+                let group = if Some(r) == resident {
+                    Group::Resident
+                } else {
+                    Group::Own
+                };
+                (group, run)
+            })
+            .collect()
     }
 
     /// Moves resident row `r` into its sequence's own tensors.
@@ -121,8 +193,9 @@ impl OrtBackend {
 
     /// The batch entry of each resident row (`None` for released rows), when the decode group
     /// `rows` can run on the resident batch as it is: the group is exactly the live resident
-    /// rows, each continuing where it stopped, and released rows, kept as dead padding so that
-    /// a finished sequence costs no copy, are no more than the live ones.
+    /// rows, each continuing where it stopped; released rows, kept as dead padding so that a
+    /// finished sequence costs no copy, are no more than the live ones; and the grown batch
+    /// stays within [`run_cells`](Self::run_cells) (or is one row).
     fn resident_order(
         &self,
         batch: &[BatchEntry<'_>],
@@ -132,6 +205,8 @@ impl OrtBackend {
         if self.resident.values.is_empty()
             || live != rows.len()
             || self.resident.rows.len() > 2 * live
+            || (self.resident.rows.len() > 1
+                && self.resident.rows.len() * (self.resident.cols + 1) > self.run_cells)
         {
             return None;
         }
@@ -156,8 +231,8 @@ impl OrtBackend {
         out: &mut [Option<Vec<f32>>],
     ) -> Result<(), OrtError> {
         let fast = match group {
-            Group::Decode => self.resident_order(batch, rows),
-            Group::Prefill => None,
+            Group::Resident => self.resident_order(batch, rows),
+            Group::Own => None,
         };
         let (order, past, feed, zero_copy) = match fast {
             Some(order) => {
@@ -203,7 +278,7 @@ impl OrtBackend {
             }
         }
         match group {
-            Group::Decode => {
+            Group::Resident => {
                 for (r, &i) in order.iter().enumerate() {
                     if let Some(s) = i.and_then(|i| self.seqs.get_mut(&batch[i].seq)) {
                         s.place = Place::Resident(r);
@@ -217,13 +292,13 @@ impl OrtBackend {
                     cols,
                 };
             }
-            // A prefill run always gathers, so its rows are `rows`, in order.
-            Group::Prefill if feed.mask.iter().all(|&m| m == 1) && rows.len() == 1 => {
+            // An `Own` run always gathers, so its rows are `rows`, in order.
+            Group::Own if feed.mask.iter().all(|&m| m == 1) && rows.len() == 1 => {
                 if let Some(s) = self.seqs.get_mut(&batch[rows[0]].seq) {
                     s.place = Place::Own(std::mem::take(&mut presents));
                 }
             }
-            Group::Prefill => {
+            Group::Own => {
                 let cols = feed.mask_cols();
                 for (r, &i) in rows.iter().enumerate() {
                     let src = Source {
@@ -242,16 +317,17 @@ impl OrtBackend {
         Ok(())
     }
 
-    /// Builds the padded past of `rows` from wherever each lives, and the feed. For a decode
-    /// group, the resident batch is replaced: its rows outside the group are evicted first.
+    /// Builds the padded past of `rows` from wherever each lives, and the feed. For a resident
+    /// run, the resident batch is replaced: its rows outside the run are evicted first.
     fn gather_rows<T: KvElem>(
         &mut self,
         batch: &[BatchEntry<'_>],
         rows: &[usize],
         group: Group,
     ) -> Result<(Vec<DynValue>, Feed, ZeroCopy), OrtError> {
-        if group == Group::Prefill {
-            // A resident sequence asked to prefill (rare) leaves the resident batch first.
+        if group == Group::Own {
+            // A resident sequence in an `Own` run (a rare prefill, or a decode row grown too
+            // long for the resident batch) leaves the resident batch first.
             for &i in rows {
                 if let Some(SeqKv {
                     place: Place::Resident(r),
@@ -320,7 +396,7 @@ impl OrtBackend {
                 ZeroCopy::No,
             )
         };
-        if group == Group::Decode {
+        if group == Group::Resident {
             let members: Vec<SeqId> = rows.iter().map(|&i| batch[i].seq).collect();
             for r in 0..self.resident.rows.len() {
                 if self.resident.rows[r].is_some_and(|s| !members.contains(&s)) {
@@ -361,7 +437,7 @@ impl OrtBackend {
         inputs.extend(self.past_names.iter().cloned().zip(past));
         let started = Instant::now();
         let mut outputs = self.session.run(inputs).map_err(err)?;
-        self.meter.call(zero_copy, started);
+        self.meter.call(zero_copy, started, feed.mask.len());
         let logits = outputs
             .remove("logits")
             .ok_or(OrtError::MissingOutput { name: "logits" })?;
@@ -468,26 +544,38 @@ impl Backend for OrtBackend {
         let (decode, prefill): (Vec<usize>, Vec<usize>) =
             (0..batch.len()).partition(|&i| batch[i].tokens.len() == 1);
         let mut rows = vec![None; batch.len()];
-        for (group, members) in [(Group::Prefill, &prefill), (Group::Decode, &decode)] {
-            if members.is_empty() {
-                continue;
-            }
+        let mut runs = self.plan(batch, &prefill, false);
+        runs.extend(self.plan(batch, &decode, true));
+        for (k, (group, members)) in runs.iter().enumerate() {
             let ran = match self.iface.kv_dtype {
-                Dtype::F16 => self.run_group::<half::f16>(batch, members, group, &mut rows),
-                _ => self.run_group::<f32>(batch, members, group, &mut rows),
+                Dtype::F16 => self.run_group::<half::f16>(batch, members, *group, &mut rows),
+                _ => self.run_group::<f32>(batch, members, *group, &mut rows),
             };
             if let Err(e) = ran {
-                // The failed run's inputs may have been consumed: its sequences lose their
-                // caches (the engine fails their requests), and if it took the resident batch,
-                // so does every row of it. Every other sequence keeps its cache and goes on.
-                for &i in members {
-                    self.release(batch[i].seq);
-                }
+                // The failed run's inputs may have been consumed, and the runs before it moved
+                // their sequences past what the engine knows: all of those lose their caches,
+                // and if the failed run took the resident batch, so does every row of it.
+                // Every other sequence keeps its cache; `failure` names the lost ones, which
+                // the engine computes again.
+                let mut lost: Vec<SeqId> = runs[..=k]
+                    .iter()
+                    .flat_map(|(_, members)| members.iter().map(|&i| batch[i].seq))
+                    .collect();
                 if self.resident.values.is_empty() {
-                    self.seqs
-                        .retain(|_, s| !matches!(s.place, Place::Resident(_)));
+                    lost.extend(
+                        self.seqs
+                            .iter()
+                            .filter(|(_, s)| matches!(s.place, Place::Resident(_)))
+                            .map(|(&seq, _)| seq),
+                    );
                     self.resident = Resident::default();
                 }
+                lost.sort_unstable();
+                lost.dedup();
+                for &seq in &lost {
+                    self.seqs.remove(&seq);
+                }
+                self.lost = lost;
                 return Err(e);
             }
         }
@@ -496,6 +584,10 @@ impl Backend for OrtBackend {
         }
         self.meter.end_step(step);
         Ok(())
+    }
+
+    fn failure(&mut self, _: &OrtError) -> StepFailure {
+        StepFailure::Lost(std::mem::take(&mut self.lost))
     }
 
     fn release(&mut self, seq: SeqId) {

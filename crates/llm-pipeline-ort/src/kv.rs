@@ -51,6 +51,7 @@ struct MeterInner {
     copy_bytes: AtomicU64,
     run_nanos: AtomicU64,
     max_step_copy_nanos: AtomicU64,
+    max_run_cells: AtomicU64,
 }
 
 /// A snapshot of a [`KvCopyMeter`].
@@ -70,6 +71,9 @@ pub struct KvCopyStats {
     pub run_nanos: u64,
     /// The most copy time of any one step, in nanoseconds.
     pub max_step_copy_nanos: u64,
+    /// The most KV cells (`rows × columns` of its padded attention mask) of any one graph run:
+    /// what its past and its present each hold.
+    pub max_run_cells: u64,
 }
 
 impl KvCopyStats {
@@ -102,6 +106,7 @@ impl KvCopyMeter {
             copy_bytes: i.copy_bytes.load(Ordering::Relaxed),
             run_nanos: i.run_nanos.load(Ordering::Relaxed),
             max_step_copy_nanos: i.max_step_copy_nanos.load(Ordering::Relaxed),
+            max_run_cells: i.max_run_cells.load(Ordering::Relaxed),
         }
     }
 
@@ -119,8 +124,11 @@ impl KvCopyMeter {
             .fetch_max(step, Ordering::Relaxed);
     }
 
-    pub(crate) fn call(&self, zero_copy: ZeroCopy, run_started: Instant) {
+    pub(crate) fn call(&self, zero_copy: ZeroCopy, run_started: Instant, cells: usize) {
         self.inner.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .max_run_cells
+            .fetch_max(cells as u64, Ordering::Relaxed);
         if zero_copy == ZeroCopy::Yes {
             self.inner.zero_copy_calls.fetch_add(1, Ordering::Relaxed);
         }

@@ -256,7 +256,8 @@ fn open(
     let iface = layout::check_interface(dir, model_config, &inputs, &outputs)?;
     let elem = if iface.kv_dtype == Dtype::F16 { 2 } else { 4 };
     let bytes_per_token = (2 * iface.layers * iface.kv_heads * iface.head_dim * elem) as u64;
-    // A step holds the past and the present (the graph's concatenation) at once.
+    // Half the budget for the compact caches, half for one graph run's padded past and present
+    // (the graph's concatenation): see `backend`'s docs.
     let kv_capacity = (config.cpu_kv_cache_bytes / (2 * bytes_per_token)).min(u64::from(u32::MAX));
     if kv_capacity < u64::from(config.max_model_len) {
         return Err(OrtError::Unsupported {

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use llm_pipeline_core::backend::{Backend, BatchEntry, Logits};
+use llm_pipeline_core::backend::{Backend, BatchEntry, Logits, StepFailure};
 use llm_pipeline_core::openai::{ChatCompletionRequest, ChatMessage};
 use llm_pipeline_core::pipeline::Pipeline;
 use llm_pipeline_ort::{OrtBackend, OrtError, OrtOptions};
@@ -171,18 +171,18 @@ fn a_failed_step_keeps_the_other_sequences_caches() {
     .unwrap();
     assert!(max_diff(first.row(0), &expected[0]) < 1e-4);
     let bad = [vocab as u32 + 1000];
-    assert!(
-        step(
-            &mut backend,
-            &[BatchEntry {
-                seq: 2,
-                start: 0,
-                tokens: &bad,
-                wants_logits: true,
-            }],
-        )
-        .is_err()
-    );
+    let err = step(
+        &mut backend,
+        &[BatchEntry {
+            seq: 2,
+            start: 0,
+            tokens: &bad,
+            wants_logits: true,
+        }],
+    )
+    .expect_err("a token outside the vocabulary");
+    // The backend tells the engine that only sequence 2 lost its cache.
+    assert_eq!(backend.failure(&err), StepFailure::Lost(vec![2]));
     // Sequence 1 decodes on, unharmed.
     for (k, t) in tokens[8..].iter().enumerate() {
         let logits = step(
@@ -349,4 +349,88 @@ async fn smollm2_int8_greedy_answer_mentions_paris() {
         .with_quantization(llm_pipeline_core::config::Quantization::Int8);
     let text = capital_of_france(&config).await;
     assert!(text.contains("Paris"), "answer: {text:?}");
+}
+
+/// One long sequence beside many short ones: the short rows are not padded to the long one's
+/// length (twelve rows of it would hold many times the KV budget). The long row runs apart, every
+/// run stays within half the KV capacity, each row gets the logits it gets alone, and once the
+/// runs settle neither copies any KV.
+#[test]
+fn a_long_sequence_beside_short_ones_runs_apart_within_the_kv_budget() {
+    let dir = common::tiny();
+    let probe = OrtBackend::open(&dir, &common::config(&dir, 256, 16), &OrtOptions::default())
+        .unwrap()
+        .info()
+        .kv_capacity;
+    // A budget of about 400 cells: runs of several rows hold at most about 200.
+    let config = common::config(&dir, 256, 16)
+        .with_cpu_kv_cache_bytes((1u64 << 30) * 400 / u64::from(probe));
+    let mut backend = OrtBackend::open(&dir, &config, &OrtOptions::default()).unwrap();
+    let limit = backend.run_cells();
+    assert!((195..=205).contains(&limit), "{limit}");
+    let vocab = backend.info().vocab_size;
+    const STEPS: usize = 8;
+    // Sequence 0 has a 150-token prompt, sequences 1 to 12 four tokens each.
+    let seqs: Vec<(u64, Vec<u32>, usize)> = (0..13u64)
+        .map(|id| {
+            let prompt = if id == 0 { 150 } else { 4 };
+            let tokens = (0..prompt + STEPS)
+                .map(|i| 5 + (id as u32 * 31 + i as u32 * 7) % 200)
+                .collect();
+            (id, tokens, prompt)
+        })
+        .collect();
+    let expected: Vec<Vec<Vec<f32>>> = seqs
+        .iter()
+        .map(|(id, t, p)| alone(&mut backend, 1000 + id, t, *p))
+        .collect();
+    let run = |backend: &mut OrtBackend, entries: &[BatchEntry<'_>]| {
+        let mut logits = Logits::new(vocab);
+        backend.forward(entries, &mut logits).unwrap();
+        logits
+    };
+    let prefill = |ids: std::ops::Range<usize>| -> Vec<BatchEntry<'_>> {
+        seqs[ids]
+            .iter()
+            .map(|(id, t, p)| BatchEntry {
+                seq: *id,
+                start: 0,
+                tokens: &t[..*p],
+                wants_logits: true,
+            })
+            .collect()
+    };
+    run(&mut backend, &prefill(0..1));
+    run(&mut backend, &prefill(1..13));
+    let before = backend.meter().snapshot();
+    for k in 0..STEPS {
+        let entries: Vec<BatchEntry<'_>> = seqs
+            .iter()
+            .map(|(id, t, p)| BatchEntry {
+                seq: *id,
+                start: (p + k) as u32,
+                tokens: &t[p + k..=p + k],
+                wants_logits: true,
+            })
+            .collect();
+        let logits = run(&mut backend, &entries);
+        for (row, want) in expected.iter().enumerate() {
+            let d = max_diff(logits.row(row), &want[k + 1]);
+            assert!(d < 1e-4, "step {k}, sequence {row}: logits differ by {d}");
+        }
+    }
+    let stats = backend.meter().snapshot();
+    assert!(
+        stats.max_run_cells as usize <= limit,
+        "a run held {} cells, beyond {limit}",
+        stats.max_run_cells
+    );
+    // The first decode step gathers the short rows once; from then on both runs (the short
+    // rows' resident batch and the long row's own tensors) feed their outputs back.
+    assert_eq!(stats.calls - before.calls, 2 * STEPS as u64, "{stats:?}");
+    assert_eq!(
+        stats.zero_copy_calls - before.zero_copy_calls,
+        2 * STEPS as u64 - 1,
+        "{stats:?}"
+    );
 }

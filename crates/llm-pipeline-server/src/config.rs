@@ -4,8 +4,8 @@
 //! [`llm_pipeline_core::config::PipelineConfig`]; this struct holds only what the HTTP edge
 //! decides, read from the same environment with the names Livepeer's runner uses (`HOST`,
 //! `PORT`, `AUTH_TOKEN`) plus our own limits of the edge: `MAX_REQUEST_BYTES`,
-//! `HTTP_HEADER_TIMEOUT` and `HTTP_BODY_TIMEOUT` (seconds) and `MAX_CONNECTIONS`. Flags of the `serve` example
-//! override them through the `with_*` builders.
+//! `HTTP_HEADER_TIMEOUT`, `HTTP_IDLE_TIMEOUT` and `HTTP_BODY_TIMEOUT` (seconds) and
+//! `MAX_CONNECTIONS`. Flags of the `serve` example override them through the `with_*` builders.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// The default time a request body may take to arrive (`HTTP_BODY_TIMEOUT`).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default time a keep-alive connection may wait for its next request (`HTTP_IDLE_TIMEOUT`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The default cap on open connections: far more than clients a runner serves at once, far
 /// fewer than the file descriptors a server process gets.
@@ -34,10 +37,15 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// `MAX_REQUEST_BYTES`: the largest request body; larger ones get 413.
     pub max_request_bytes: usize,
-    /// `HTTP_HEADER_TIMEOUT` (seconds, default 30): a connection whose next request's headers
-    /// have not all arrived within this is closed, whether the client is slow or idle between
-    /// keep-alive requests.
+    /// `HTTP_HEADER_TIMEOUT` (seconds, default 30): a connection whose request's headers have
+    /// not all arrived within this of its first byte (or of the connection, for its first
+    /// request) is closed.
     pub header_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT` (seconds, default 120): a keep-alive connection that waits longer
+    /// than this for its next request is closed. Longer than HTTP clients keep idle connections
+    /// pooled (Go's 90 s), so that the client closes first and never sends a request into a
+    /// connection the server is closing.
+    pub idle_timeout: Duration,
     /// `HTTP_BODY_TIMEOUT` (seconds, default 60): a request whose body has not all arrived
     /// within this gets 408.
     pub body_timeout: Duration,
@@ -64,6 +72,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("max_request_bytes", &self.max_request_bytes)
             .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
             .field("keep_alive", &self.keep_alive)
@@ -82,6 +91,7 @@ impl Default for ServerConfig {
             auth_token: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             header_timeout: Duration::from_secs(30),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             keep_alive: Duration::from_secs(15),
@@ -94,8 +104,8 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Reads `HOST`, `PORT`, `AUTH_TOKEN`, `MAX_REQUEST_BYTES`, `HTTP_HEADER_TIMEOUT`,
-    /// `HTTP_BODY_TIMEOUT`, `MAX_CONNECTIONS` and `MODEL_ID` from the process environment; unset
-    /// or empty variables keep their defaults.
+    /// `HTTP_BODY_TIMEOUT`, `HTTP_IDLE_TIMEOUT`, `MAX_CONNECTIONS` and `MODEL_ID` from the
+    /// process environment; unset or empty variables keep their defaults.
     ///
     /// # Errors
     /// [`Error::Config`] naming the variable when a value does not parse.
@@ -125,6 +135,7 @@ impl ServerConfig {
         for (variable, slot) in [
             ("HTTP_HEADER_TIMEOUT", &mut config.header_timeout),
             ("HTTP_BODY_TIMEOUT", &mut config.body_timeout),
+            ("HTTP_IDLE_TIMEOUT", &mut config.idle_timeout),
         ] {
             if let Some(secs) = get(variable) {
                 let secs: f64 = parse(variable, &secs)?;
@@ -200,6 +211,13 @@ impl ServerConfig {
         self
     }
 
+    /// Sets how long a keep-alive connection may wait for its next request.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
     /// Sets the cap on open connections (at least 1).
     #[must_use]
     pub fn with_max_connections(mut self, max: usize) -> Self {
@@ -246,6 +264,7 @@ mod tests {
             ("AUTH_TOKEN", " secret\n"),
             ("MAX_REQUEST_BYTES", "1024"),
             ("HTTP_HEADER_TIMEOUT", "2.5"),
+            ("HTTP_IDLE_TIMEOUT", "75"),
             ("MAX_CONNECTIONS", "10"),
         ]
         .into();
@@ -255,9 +274,14 @@ mod tests {
         assert_eq!(config.max_request_bytes, 1024);
         assert_eq!(config.header_timeout, Duration::from_millis(2500));
         assert_eq!(config.body_timeout, Duration::from_secs(60));
+        assert_eq!(config.idle_timeout, Duration::from_secs(75));
         assert_eq!(config.max_connections, 10);
         assert!(!format!("{config:?}").contains("secret"));
-        for (var, bad) in [("HTTP_BODY_TIMEOUT", "0"), ("MAX_CONNECTIONS", "0")] {
+        for (var, bad) in [
+            ("HTTP_BODY_TIMEOUT", "0"),
+            ("HTTP_IDLE_TIMEOUT", "-1"),
+            ("MAX_CONNECTIONS", "0"),
+        ] {
             let err =
                 ServerConfig::from_lookup(|k| (k == var).then(|| bad.to_owned())).unwrap_err();
             assert!(

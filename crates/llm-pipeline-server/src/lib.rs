@@ -23,6 +23,7 @@
 mod auth;
 mod chat;
 mod config;
+mod conn;
 mod error;
 mod extract;
 mod gpu;
@@ -44,7 +45,8 @@ use llm_pipeline_core::pipeline::Pipeline;
 use tokio::net::TcpListener;
 
 pub use config::{
-    DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES, ServerConfig,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
+    ServerConfig,
 };
 pub use error::ApiError;
 pub use livepeer::{LlmChoice, LlmMessage, LlmRequest, LlmResponse};
@@ -105,8 +107,11 @@ async fn count_responses<P: Pipeline + Clone + 'static>(
 pub struct ServeOptions {
     /// How long in-flight requests may run after the shutdown signal.
     pub shutdown_grace: Duration,
-    /// How long a request's headers may take to arrive (idle keep-alive connections too).
+    /// How long a request's headers may take to arrive, from a new connection or the
+    /// request's first byte.
     pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
 }
@@ -116,6 +121,7 @@ impl From<&ServerConfig> for ServeOptions {
         Self {
             shutdown_grace: config.shutdown_grace,
             header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
             max_connections: config.max_connections.max(1),
         }
     }
@@ -126,9 +132,10 @@ impl From<&ServerConfig> for ServeOptions {
 ///
 /// The edge's limits come from `options`: at most `max_connections` open at once (the next
 /// waits in the listen backlog), each closed when a request's headers take longer than
-/// `header_timeout` to arrive, which also ends idle keep-alive connections; request bodies are
-/// bounded in time by the router (`body_timeout`). Slow or idle clients thus hold a connection
-/// slot for a bounded time and never a worker: `/health` stays answerable beside them.
+/// `header_timeout` to arrive or when it waits longer than `idle_timeout` for its next request;
+/// request bodies are bounded in time by the router (`body_timeout`). Slow or idle clients thus
+/// hold a connection slot for a bounded time and never a worker: `/health` stays answerable
+/// beside them.
 ///
 /// # Errors
 /// None today: errors accepting a connection (too many open files, say) are logged and retried
@@ -143,9 +150,14 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The header and idle clocks are `conn::TimedIo`'s: hyper's own runs both as one.
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(options.header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
+    let clocks = conn::Clocks {
+        idle: options.idle_timeout,
+        header: options.header_timeout,
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -166,9 +178,21 @@ where
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let io = conn::TimedIo::new(stream, clocks);
+        let watch = io.watch();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let finished = watch.request();
+            let response = tower::ServiceExt::oneshot(router.clone(), request);
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| conn::Tracked::new(body, finished)),
+                )
+            }
+        });
         let connection =
-            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection closed with an error");

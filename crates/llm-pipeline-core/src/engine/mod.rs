@@ -9,7 +9,8 @@
 //! and the backend is built on the actor's thread, so it need not be `Send`.
 //!
 //! Faults stay with the step that caused them. A step whose backend call fails or panics fails
-//! only that step's sequences; the engine goes on. `/health` (through [`EngineStats::failed`])
+//! only that step's sequences, or, where the backend says which sequences the failure cost
+//! ([`Backend::failure`]), computes those again and runs the others on; the engine goes on. `/health` (through [`EngineStats::failed`])
 //! turns ERROR when faults persist ([`FAULTS_BEFORE_ERROR`] steps in a row) and back when a step
 //! succeeds; a second panic within [`PANIC_WINDOW`], or a panic while releasing a sequence,
 //! leaves the backend untrusted: the engine is then broken for good, fails everything waiting
@@ -35,12 +36,15 @@ use tokio::sync::mpsc as tokio_mpsc;
 
 /// Failed steps in a row after which the engine reports itself unhealthy.
 pub const FAULTS_BEFORE_ERROR: u32 = 3;
+/// A sequence whose KV cache a failed step cost more often than this is failed (it is likely
+/// the cause) instead of being computed again.
+pub const MAX_LOSSES: u8 = 2;
 /// A second backend panic within this time breaks the engine for good.
 pub const PANIC_WINDOW: Duration = Duration::from_secs(60);
 /// The engine thread's name (panics on it are logged by the engine, with their backtrace).
 const THREAD_NAME: &str = "llm-engine";
 
-use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId};
+use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, StepFailure};
 use crate::openai::FinishReason;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 use crate::tokenizer::Tokenizer;
@@ -583,7 +587,9 @@ impl<B: Backend> Actor<B> {
             let backend = &mut self.backend;
             let logits = &mut self.logits;
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                backend.forward(&batch, logits).map_err(|e| e.to_string())
+                backend
+                    .forward(&batch, logits)
+                    .map_err(|e| (e.to_string(), backend.failure(&e)))
             }));
             self.shared
                 .counters
@@ -600,10 +606,13 @@ impl<B: Backend> Actor<B> {
                 }
                 self.advance(&order);
             }
-            Ok(Err(message)) => {
-                tracing::error!(error = %message, "backend step failed");
+            Ok(Err((message, failure))) => {
+                tracing::error!(error = %message, ?failure, "backend step failed");
                 self.fault();
-                self.fail_batch(&order, &message);
+                match failure {
+                    StepFailure::Batch => self.fail_batch(&order, &message),
+                    StepFailure::Lost(ids) => self.restart_lost(&ids, &message),
+                }
             }
             Err(payload) => {
                 let message = self.caught_panic("a backend step", payload.as_ref());
@@ -690,6 +699,25 @@ impl<B: Backend> Actor<B> {
             }
             let seq = self.running.remove(i);
             self.retire(&seq, Cache::Held);
+        }
+    }
+
+    /// Sequences whose KV cache a failed step cost go back to the front of the queue, to be
+    /// computed again from their first token; one lost more than [`MAX_LOSSES`] times fails.
+    fn restart_lost(&mut self, ids: &[SeqId], message: &str) {
+        for &id in ids.iter().rev() {
+            let Some(i) = self.running.iter().position(|s| s.id == id) else {
+                continue;
+            };
+            let mut seq = self.running.remove(i);
+            seq.losses += 1;
+            if seq.losses > MAX_LOSSES {
+                seq.fail(message);
+                self.retire(&seq, Cache::Empty);
+            } else {
+                seq.computed = 0;
+                self.waiting.push_front(seq);
+            }
         }
     }
 

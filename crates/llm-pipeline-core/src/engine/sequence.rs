@@ -29,6 +29,8 @@ pub(super) struct Sequence {
     pub(super) computed: u32,
     /// Prompt tokens the backend had cached when the sequence was first admitted.
     cached_prompt: Option<u32>,
+    /// Failed steps that cost this sequence its KV cache.
+    pub(super) losses: u8,
     max_tokens: u32,
     sampler: Sampler,
     decoder: IncrementalDecoder,
@@ -46,6 +48,7 @@ impl Sequence {
             prompt_len,
             computed: 0,
             cached_prompt: None,
+            losses: 0,
             max_tokens: request.max_tokens.max(1),
             sampler,
             decoder: IncrementalDecoder::new(),

@@ -28,6 +28,9 @@ struct Setup {
     panic_steps: Vec<usize>,
     fail_steps: Vec<usize>,
     fail_from: Option<usize>,
+    /// Backend steps that fail pinned on their first sequence; a token that poisons.
+    lose_steps: Vec<usize>,
+    poison: Option<u32>,
     kv_capacity: u32,
     max_batch_tokens: u32,
     max_seqs: u32,
@@ -43,6 +46,8 @@ impl Default for Setup {
             panic_steps: Vec::new(),
             fail_steps: Vec::new(),
             fail_from: None,
+            lose_steps: Vec::new(),
+            poison: None,
             kv_capacity: 4096,
             max_batch_tokens: 256,
             max_seqs: 8,
@@ -62,7 +67,9 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
         move || {
             let mut backend = TestBackend::new(info, Stops::Never)
                 .panicking_at_steps(&setup.panic_steps)
-                .failing_from_step(setup.fail_from);
+                .failing_from_step(setup.fail_from)
+                .losing_at_steps(&setup.lose_steps)
+                .poisoned_by(setup.poison);
             for step in setup.fail_steps {
                 backend = backend.failing_at_step(Some(step));
             }
@@ -454,4 +461,54 @@ fn health_turns_error_only_while_faults_persist() {
     let stats = settle(&engine);
     assert!(stats.failed && !stats.broken, "{stats:?}");
     assert_eq!(stats.faults, u64::from(FAULTS_BEFORE_ERROR));
+}
+
+#[test]
+fn a_failure_the_backend_pins_on_one_sequence_costs_no_request() {
+    // Steps 3 and 5 fail, each costing the batch's first sequence its cache: that sequence is
+    // computed again, the others run on, and every answer is what it is alone.
+    let (engine, seen) = start(Setup {
+        lose_steps: vec![3, 5],
+        ..Setup::default()
+    });
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(i, 6 + i)).collect();
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(request(p.clone(), 12)).unwrap())
+        .collect();
+    for (p, rx) in prompts.iter().zip(receivers) {
+        let (tokens, _) = collect(rx);
+        assert_eq!(tokens, expected(p, 12, 512).0);
+    }
+    let stats = settle(&engine);
+    assert_eq!(stats.faults, 2, "{stats:?}");
+    assert!(!stats.failed && !stats.broken, "{stats:?}");
+    assert_eq!(seen.live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_sequence_that_fails_every_step_is_failed_and_the_others_complete() {
+    // A token the "model" cannot take: every step holding it fails, pinned on its sequence.
+    let good: Vec<Vec<u32>> = (0..3).map(|i| prompt(i, 5)).collect();
+    let answers: Vec<Vec<u32>> = good.iter().map(|p| expected(p, 12, 512).0).collect();
+    let poison = (8..VOCAB)
+        .find(|t| !good.iter().chain(&answers).any(|s| s.contains(t)))
+        .expect("a token no good sequence holds");
+    let (engine, _) = start(Setup {
+        poison: Some(poison),
+        ..Setup::default()
+    });
+    let bad = engine.submit(request(vec![poison, 8, 9], 12)).unwrap();
+    let receivers: Vec<_> = good
+        .iter()
+        .map(|p| engine.submit(request(p.clone(), 12)).unwrap())
+        .collect();
+    let failed = outcome(bad).unwrap_err();
+    assert!(failed.contains("simulated fault"), "{failed}");
+    for (answer, rx) in answers.iter().zip(receivers) {
+        assert_eq!(&outcome(rx).expect("the others complete"), answer);
+    }
+    let stats = settle(&engine);
+    assert_eq!(stats.faults, u64::from(MAX_LOSSES) + 1, "{stats:?}");
+    assert_eq!(stats.in_flight, 0);
 }

@@ -110,3 +110,82 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     );
     net.stop.send(()).unwrap();
 }
+
+/// Reads one whole response (headers, then `content-length` bytes) from a kept-alive connection.
+async fn read_response(c: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed mid-response: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The idle and header clocks are apart: a request that takes longer than both is never cut; a
+/// kept-alive connection may then sit idle longer than the header clock and still be served; it
+/// closes cleanly once idle longer than the idle clock; and a request whose headers stall is cut
+/// at the header clock, however long the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_slow_headers_have_their_own_clocks() {
+    let (header, idle) = (Duration::from_millis(500), Duration::from_millis(1500));
+    let s = server(Setup {
+        step_delay: Duration::from_millis(1200),
+        ..Setup::default()
+    });
+    let config = ServerConfig::default()
+        .with_timeouts(header, Duration::from_secs(5))
+        .with_idle_timeout(idle)
+        .with_shutdown_grace(Duration::from_millis(100));
+    let net = listen_with(&s.router, ServeOptions::from(&config)).await;
+    let mut c = TcpStream::connect(net.addr).await.unwrap();
+    let body = chat_body("hi", 2).to_string();
+    let started = Instant::now();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_response(&mut c).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() > header + idle, "{:?}", started.elapsed());
+    // Idle for twice the header clock, then the next request on the same connection.
+    tokio::time::sleep(2 * header).await;
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut c).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let idle_since = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(4 * idle, c.read(&mut buf))
+        .await
+        .expect("the idle connection closes")
+        .unwrap();
+    assert_eq!(n, 0, "a clean close");
+    let waited = idle_since.elapsed();
+    assert!(waited >= idle - Duration::from_millis(100), "{waited:?}");
+
+    let mut slow = TcpStream::connect(net.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let stalled = Instant::now();
+    let read = tokio::time::timeout(4 * idle, slow.read(&mut buf))
+        .await
+        .expect("the stalled request is cut");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(stalled.elapsed() < idle, "{:?}", stalled.elapsed());
+    net.stop.send(()).unwrap();
+}

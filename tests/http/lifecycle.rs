@@ -1,0 +1,100 @@
+//! The `serve` example as operators run it, a process of its own: it answers `/health` with
+//! `LOADING` while the model is still downloading, and SIGTERM stops it at once even then.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `serve` example that `cargo test` builds beside this test binary.
+fn serve_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile.join("examples").join("serve");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds the examples",
+        bin.display()
+    );
+    bin
+}
+
+/// A port nothing listens on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a local port")
+        .port()
+}
+
+async fn health(port: u16) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["status"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn sigterm_during_a_stalled_download_exits_at_once() {
+    // A hub that accepts connections and never answers: the model's download stalls.
+    let hub = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hub_addr = hub.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = hub.incoming().collect();
+        drop(held);
+    });
+    let models = llm_pipeline::core::testing::scratch_dir("serve-sigterm");
+    let port = free_port();
+    let mut child = Command::new(serve_binary())
+        .args(["--model", "stalled/model", "--host", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .env("HF_ENDPOINT", format!("http://{hub_addr}"))
+        .env("MODEL_DIR", &models)
+        .env_remove("MODEL_ID")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the serve example starts");
+
+    // It answers while the download hangs.
+    let started = Instant::now();
+    let mut status = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        status = health(port).await;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status.as_deref(), Some("LOADING"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(health(port).await.as_deref(), Some("LOADING"));
+
+    let signalled = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let stopping = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("the child's state") {
+            break exit;
+        }
+        if stopping.elapsed() > Duration::from_secs(10) {
+            child.kill().ok();
+            panic!("still running 10 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stopped {:?} after SIGTERM",
+        stopping.elapsed()
+    );
+}
