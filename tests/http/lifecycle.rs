@@ -75,10 +75,11 @@ async fn sigterm_during_a_stalled_download_exits_at_once() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(health(port).await.as_deref(), Some("LOADING"));
 
-    let signalled = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    // The shell's own `kill`: no procps needed.
+    let signalled = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
-        .expect("kill runs");
+        .expect("sh runs");
     assert!(signalled.success());
     let stopping = Instant::now();
     let exit = loop {
