@@ -97,7 +97,8 @@ pub enum StepFailure {
     /// These sequences lost their KV cache (as if released); every other sequence, in the batch
     /// or not, is as it was before the step. The engine computes the lost ones again from their
     /// first token, as after a preemption, and runs the others on; a sequence lost again and
-    /// again is failed, since it is likely the cause.
+    /// again is failed, since it is likely the cause. None lost means the step may simply run
+    /// again, which the engine does until the faults persist, then fails the batch.
     Lost(Vec<SeqId>),
 }
 

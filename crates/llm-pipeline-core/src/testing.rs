@@ -166,6 +166,10 @@ pub struct TestBackend {
     lose_steps: Vec<usize>,
     /// A token that makes every step fail, costing the sequences holding it their caches.
     poison: Option<u32>,
+    /// Every step from this one on fails, costing nothing ([`StepFailure::Lost`] of none).
+    retry_from: Option<usize>,
+    /// Whether the last failed step was such a one.
+    retrying: bool,
     /// The sequences the last failed step cost, for [`Backend::failure`].
     lost: Vec<SeqId>,
     /// The logit of the model's token (every other token has 0).
@@ -189,6 +193,8 @@ impl TestBackend {
             panic_steps: Vec::new(),
             lose_steps: Vec::new(),
             poison: None,
+            retry_from: None,
+            retrying: false,
             lost: Vec::new(),
             peak: 30.0,
         }
@@ -228,6 +234,13 @@ impl TestBackend {
     /// batch's first loses its cache and [`Backend::failure`] names it; the others are untouched.
     pub fn losing_at_steps(mut self, steps: &[usize]) -> Self {
         self.lose_steps = steps.to_vec();
+        self
+    }
+
+    /// Fails every step from the `step`-th on, saying that nothing was lost (a fault the backend
+    /// believes transient, which persists).
+    pub fn retrying_from_step(mut self, step: Option<usize>) -> Self {
+        self.retry_from = step;
         self
     }
 
@@ -307,6 +320,10 @@ impl Backend for TestBackend {
         {
             return self.lose(vec![first.seq]);
         }
+        if self.retry_from.is_some_and(|f| self.steps >= f) {
+            self.retrying = true;
+            return Err(TestError("simulated transient fault".into()));
+        }
         if let Some(poison) = self.poison {
             let poisoned: Vec<SeqId> = batch
                 .iter()
@@ -365,6 +382,9 @@ impl Backend for TestBackend {
     }
 
     fn failure(&mut self, _: &TestError) -> StepFailure {
+        if std::mem::take(&mut self.retrying) {
+            return StepFailure::Lost(Vec::new());
+        }
         pinned(&mut self.lost)
     }
 

@@ -610,8 +610,14 @@ impl<B: Backend> Actor<B> {
                 tracing::error!(error = %message, ?failure, "backend step failed");
                 self.fault();
                 match failure {
-                    StepFailure::Batch => self.fail_batch(&order, &message),
-                    StepFailure::Lost(ids) => self.restart_lost(&ids, &message),
+                    // Named sequences are failed after MAX_LOSSES, so retries end; a step that
+                    // names none is retried only until the faults count as persistent.
+                    StepFailure::Lost(ids)
+                        if !ids.is_empty() || self.consecutive_faults < FAULTS_BEFORE_ERROR =>
+                    {
+                        self.restart_lost(&ids, &message);
+                    }
+                    _ => self.fail_batch(&order, &message),
                 }
             }
             Err(payload) => {

@@ -31,6 +31,8 @@ struct Setup {
     /// Backend steps that fail pinned on their first sequence; a token that poisons.
     lose_steps: Vec<usize>,
     poison: Option<u32>,
+    /// Every step from this one on fails, the backend saying nothing was lost.
+    retry_from: Option<usize>,
     kv_capacity: u32,
     max_batch_tokens: u32,
     max_seqs: u32,
@@ -48,6 +50,7 @@ impl Default for Setup {
             fail_from: None,
             lose_steps: Vec::new(),
             poison: None,
+            retry_from: None,
             kv_capacity: 4096,
             max_batch_tokens: 256,
             max_seqs: 8,
@@ -69,7 +72,8 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
                 .panicking_at_steps(&setup.panic_steps)
                 .failing_from_step(setup.fail_from)
                 .losing_at_steps(&setup.lose_steps)
-                .poisoned_by(setup.poison);
+                .poisoned_by(setup.poison)
+                .retrying_from_step(setup.retry_from);
             for step in setup.fail_steps {
                 backend = backend.failing_at_step(Some(step));
             }
@@ -511,4 +515,20 @@ fn a_sequence_that_fails_every_step_is_failed_and_the_others_complete() {
     let stats = settle(&engine);
     assert_eq!(stats.faults, u64::from(MAX_LOSSES) + 1, "{stats:?}");
     assert_eq!(stats.in_flight, 0);
+}
+
+#[test]
+fn a_fault_that_costs_nothing_is_retried_until_it_persists_then_fails_the_batch() {
+    // Step 1 succeeds (the prefill); from step 2 every step fails and the backend says nothing
+    // was lost: the engine retries, and once FAULTS_BEFORE_ERROR steps in a row have failed it
+    // fails the request instead of retrying for ever.
+    let (engine, _) = start(Setup {
+        retry_from: Some(2),
+        ..Setup::default()
+    });
+    let failed = outcome(engine.submit(request(prompt(1, 5), 8)).unwrap()).unwrap_err();
+    assert!(failed.contains("transient"), "{failed}");
+    let stats = settle(&engine);
+    assert_eq!(stats.faults, u64::from(FAULTS_BEFORE_ERROR), "{stats:?}");
+    assert!(stats.failed && !stats.broken, "{stats:?}");
 }
