@@ -168,10 +168,9 @@ pub struct TestBackend {
     poison: Option<u32>,
     /// Every step from this one on fails, costing nothing ([`StepFailure::Lost`] of none).
     retry_from: Option<usize>,
-    /// Whether the last failed step was such a one.
-    retrying: bool,
-    /// The sequences the last failed step cost, for [`Backend::failure`].
-    lost: Vec<SeqId>,
+    /// What the last failed step cost, when it was not the whole batch, for
+    /// [`Backend::failure`].
+    failed: Option<StepFailure>,
     /// The logit of the model's token (every other token has 0).
     peak: f32,
 }
@@ -194,8 +193,7 @@ impl TestBackend {
             lose_steps: Vec::new(),
             poison: None,
             retry_from: None,
-            retrying: false,
-            lost: Vec::new(),
+            failed: None,
             peak: 30.0,
         }
     }
@@ -258,7 +256,7 @@ impl TestBackend {
         }
         self.seen.live.store(self.kv.len(), Ordering::SeqCst);
         let message = format!("simulated fault in sequences {seqs:?}");
-        self.lost = seqs;
+        self.failed = Some(StepFailure::Lost(seqs));
         Err(TestError(message))
     }
 
@@ -272,16 +270,6 @@ impl TestBackend {
     pub fn observed_by(mut self, observed: Arc<Observed>) -> Self {
         self.seen = observed;
         self
-    }
-}
-
-/// What a test backend's failed step cost: the sequences it pinned the failure on (taken), or
-/// the whole batch when it pinned none.
-fn pinned(lost: &mut Vec<SeqId>) -> StepFailure {
-    if lost.is_empty() {
-        StepFailure::Batch
-    } else {
-        StepFailure::Lost(std::mem::take(lost))
     }
 }
 
@@ -321,7 +309,7 @@ impl Backend for TestBackend {
             return self.lose(vec![first.seq]);
         }
         if self.retry_from.is_some_and(|f| self.steps >= f) {
-            self.retrying = true;
+            self.failed = Some(StepFailure::Lost(Vec::new()));
             return Err(TestError("simulated transient fault".into()));
         }
         if let Some(poison) = self.poison {
@@ -382,10 +370,7 @@ impl Backend for TestBackend {
     }
 
     fn failure(&mut self, _: &TestError) -> StepFailure {
-        if std::mem::take(&mut self.retrying) {
-            return StepFailure::Lost(Vec::new());
-        }
-        pinned(&mut self.lost)
+        self.failed.take().unwrap_or(StepFailure::Batch)
     }
 
     fn release(&mut self, seq: SeqId) {

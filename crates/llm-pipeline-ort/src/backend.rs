@@ -52,7 +52,6 @@ pub struct OrtBackend {
     present_names: Vec<String>,
     seqs: HashMap<SeqId, SeqKv>,
     resident: Resident,
-    run_cells: usize,
     /// The sequences the last failed step cost their caches.
     lost: Vec<SeqId>,
     meter: KvCopyMeter,
@@ -103,7 +102,6 @@ impl OrtBackend {
             iface,
             seqs: HashMap::new(),
             resident: Resident::default(),
-            run_cells: (info.kv_capacity / 2) as usize,
             lost: Vec::new(),
             meter,
             info,
@@ -119,7 +117,7 @@ impl OrtBackend {
     /// of [`BackendInfo::kv_capacity`], so that its past and its present together stay within
     /// the capacity beside the compact caches.
     pub fn run_cells(&self) -> usize {
-        self.run_cells
+        (self.info.kv_capacity / 2) as usize
     }
 
     /// Cuts the rows of one kind (`members`, indices into `batch`) into graph runs within
@@ -144,7 +142,7 @@ impl OrtBackend {
         for i in sorted {
             let wider = (widest.0.max(past(i)), widest.1.max(batch[i].tokens.len()));
             match runs.last_mut() {
-                Some(run) if (run.len() + 1) * (wider.0 + wider.1) <= self.run_cells => {
+                Some(run) if (run.len() + 1) * (wider.0 + wider.1) <= self.run_cells() => {
                     run.push(i);
                     widest = wider;
                 }
@@ -206,7 +204,7 @@ impl OrtBackend {
             || live != rows.len()
             || self.resident.rows.len() > 2 * live
             || (self.resident.rows.len() > 1
-                && self.resident.rows.len() * (self.resident.cols + 1) > self.run_cells)
+                && self.resident.rows.len() * (self.resident.cols + 1) > self.run_cells())
         {
             return None;
         }

@@ -10,9 +10,9 @@
 //!
 //! Faults stay with the step that caused them. A step whose backend call fails or panics fails
 //! only that step's sequences, or, where the backend says which sequences the failure cost
-//! ([`Backend::failure`]), computes those again and runs the others on; the engine goes on. `/health` (through [`EngineStats::failed`])
-//! turns ERROR when faults persist ([`FAULTS_BEFORE_ERROR`] steps in a row) and back when a step
-//! succeeds; a second panic within [`PANIC_WINDOW`], or a panic while releasing a sequence,
+//! ([`Backend::failure`]), computes those again and runs the others on; the engine goes on.
+//! `/health` (through [`EngineStats::failed`]) turns ERROR when faults persist
+//! ([`FAULTS_BEFORE_ERROR`] steps in a row) and back when a step succeeds; a second panic within [`PANIC_WINDOW`], or a panic while releasing a sequence,
 //! leaves the backend untrusted: the engine is then broken for good, fails everything waiting
 //! and refuses new requests at once ([`Error::EngineStopped`], a 503), so that the orchestrator
 //! restarts the runner. Panics are logged with their backtrace; the counters stay exact.

@@ -40,7 +40,7 @@ impl FaultSwitch {
 pub struct Faulty<B> {
     inner: B,
     switch: FaultSwitch,
-    lost: Vec<SeqId>,
+    failed: Option<StepFailure>,
 }
 
 impl<B> Faulty<B> {
@@ -49,7 +49,7 @@ impl<B> Faulty<B> {
         Self {
             inner,
             switch,
-            lost: Vec::new(),
+            failed: None,
         }
     }
 }
@@ -70,7 +70,7 @@ impl<B: Backend> Backend for Faulty<B> {
                 if let Some(seq) = seq {
                     self.inner.release(seq);
                 }
-                self.lost.extend(seq);
+                self.failed = Some(StepFailure::Lost(seq.into_iter().collect()));
                 Err(TestError("injected fault: one sequence's step failed".into()).into())
             }
             Some(Fault::Panic) => panic!("injected fault: a backend panic"),
@@ -78,7 +78,7 @@ impl<B: Backend> Backend for Faulty<B> {
     }
 
     fn failure(&mut self, _: &BoxError) -> StepFailure {
-        super::pinned(&mut self.lost)
+        self.failed.take().unwrap_or(StepFailure::Batch)
     }
 
     fn release(&mut self, seq: SeqId) {
