@@ -312,6 +312,7 @@ fn engine(a: &Args, side: &str, batch: u32) -> llm_pipeline::core::Result<Figure
                 max_tokens: a.tokens,
                 sampling: sampling.clone(),
                 stop: Vec::new(),
+                constraint: None,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -25,6 +25,7 @@ use llm_pipeline::llama_cpp::LlamaCppBackend;
 #[cfg(feature = "candle")]
 mod architectures;
 mod kv;
+mod structured;
 
 #[path = "../support/mod.rs"]
 #[allow(

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod pricing;
 pub mod sampling;
 pub mod stop;
+pub mod structured;
 pub mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

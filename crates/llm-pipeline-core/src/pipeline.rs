@@ -20,6 +20,7 @@ use crate::openai::{
     Usage,
 };
 use crate::pricing::{Price, PriceTable};
+use crate::structured::{Constraint, Grammar, Grammars};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
 use crate::validation::{self, GenerationRequest, ModelLimits, SamplingDefaults};
@@ -216,6 +217,8 @@ pub struct EnginePipeline {
     engine: Engine,
     assets: ModelAssets,
     prices: PriceTable,
+    /// The grammar engine over the model's vocabulary, for structured output.
+    grammars: Arc<Grammars>,
     /// Why the backend was chosen, when it was chosen automatically.
     chosen_because: Option<Arc<str>>,
 }
@@ -231,10 +234,12 @@ struct Prepared {
 impl EnginePipeline {
     /// A pipeline over a started engine.
     pub fn new(engine: Engine, assets: ModelAssets, prices: PriceTable) -> Self {
+        let grammars = Arc::new(Grammars::new(Arc::clone(&assets.tokenizer)));
         Self {
             engine,
             assets,
             prices,
+            grammars,
             chosen_because: None,
         }
     }
@@ -343,6 +348,10 @@ impl EnginePipeline {
     ) -> Result<(Prepared, GenerationRequest)> {
         let generation = validation::validate(request, &self.limits())?;
         self.admit(&generation)?;
+        let constraint = match &generation.format {
+            Some(grammar) => Some(self.compile(grammar.clone()).await?),
+            None => None,
+        };
         let prompt = self.tokenize(&generation).await?;
         let max_model_len = self.engine.limits().max_model_len;
         let room = max_model_len.saturating_sub(prompt.len() as u32);
@@ -358,6 +367,7 @@ impl EnginePipeline {
                 max_tokens,
                 sampling,
                 stop: generation.stop.clone(),
+                constraint: constraint.clone(),
             })?);
         }
         let prepared = Prepared {
@@ -371,6 +381,21 @@ impl EnginePipeline {
             quote,
         };
         Ok((prepared, generation))
+    }
+
+    /// Compiles a request's grammar on a blocking thread (the first one builds the vocabulary's
+    /// trie); one that cannot compile is the client's error, on the field that gave it.
+    async fn compile(&self, grammar: Grammar) -> Result<Constraint> {
+        let grammars = Arc::clone(&self.grammars);
+        let param = match grammar {
+            Grammar::JsonSchema(_) => "response_format.json_schema.schema",
+            Grammar::JsonObject => "response_format",
+            Grammar::Lark(_) => "tools",
+        };
+        tokio::task::spawn_blocking(move || grammars.compile(&grammar))
+            .await
+            .map_err(|e| Error::backend("the grammar task failed", e))?
+            .map_err(|reason| Error::validation(param, format!("cannot be enforced: {reason}")))
     }
 
     fn metadata(&self, quote: Price, completion_tokens: u32) -> ResponseMetadata {

@@ -222,10 +222,25 @@ impl Sampler {
     /// # Panics
     /// If `logits` is empty or longer than `u32::MAX`.
     pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        self.sample_within(logits, None)
+    }
+
+    /// As [`Sampler::sample`], drawing only among the token ids set in `allowed` (a bitset: bit
+    /// `i % 32` of word `i / 32`; ids past its end are not allowed), as a grammar asks. The
+    /// mask is applied after the logit bias and the penalties, so nothing can bring a masked
+    /// token back; logprobs describe the masked distribution.
+    ///
+    /// # Panics
+    /// If `logits` is empty or longer than `u32::MAX`. `allowed` must allow some id of the
+    /// row (the caller checks).
+    pub fn sample_within(&mut self, logits: &mut [f32], allowed: Option<&[u32]>) -> Sampled {
         assert!(!logits.is_empty(), "cannot sample from an empty vocabulary");
         assert!(u32::try_from(logits.len()).is_ok(), "vocabulary too large");
         self.apply_logit_bias(logits);
         self.apply_penalties(logits);
+        if let Some(allowed) = allowed {
+            mask(logits, allowed);
+        }
         let greedy = self.params.is_greedy();
         let sampled = match (greedy, self.params.logprobs) {
             (true, Logprobs::Off) => Sampled {
@@ -445,6 +460,23 @@ impl Sampler {
     }
 }
 
+/// Gives every id not set in the bitset `allowed` a logit of `-inf`, a word (32 ids) at a time.
+fn mask(logits: &mut [f32], allowed: &[u32]) {
+    for (i, chunk) in logits.chunks_mut(32).enumerate() {
+        match allowed.get(i).copied().unwrap_or(0) {
+            u32::MAX => {}
+            0 => chunk.fill(f32::NEG_INFINITY),
+            word => {
+                for (bit, logit) in chunk.iter_mut().enumerate() {
+                    if word >> bit & 1 == 0 {
+                        *logit = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +523,40 @@ mod tests {
 
     fn ln_probs(probs: &[f32]) -> Vec<f32> {
         probs.iter().map(|p| p.ln()).collect()
+    }
+
+    #[test]
+    fn a_mask_keeps_every_draw_inside_the_allowed_ids() {
+        let logits = random_logits(100, 7, 3.0);
+        // Ids 3, 40 and 70: the words of a 100-id bitset, the last one partial.
+        let mut allowed = [0u32; 4];
+        for id in [3u32, 40, 70] {
+            allowed[id as usize / 32] |= 1 << (id % 32);
+        }
+        let settings = [
+            params(),
+            greedy(),
+            SamplingParams {
+                top_k: 5,
+                top_p: 0.5,
+                logprobs: Logprobs::On { top: 2 },
+                ..params()
+            },
+            // A bias cannot bring a masked id back.
+            SamplingParams {
+                logit_bias: vec![(50, 100.0)],
+                ..params()
+            },
+        ];
+        for p in settings {
+            let mut sampler = Sampler::new(p.clone(), &[]);
+            for _ in 0..300 {
+                let token = sampler
+                    .sample_within(&mut logits.clone(), Some(&allowed))
+                    .token;
+                assert!([3, 40, 70].contains(&token), "{token} drawn with {p:?}");
+            }
+        }
     }
 
     #[test]

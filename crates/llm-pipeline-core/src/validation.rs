@@ -2,13 +2,14 @@
 //!
 //! Parse, don't validate: everything after this module takes a `GenerationRequest` and never
 //! checks a range again. Every failure is an [`Error::Validation`] naming the field in the
-//! OpenAI spelling and the accepted limit. Fields we cannot honour (tools, structured output,
-//! images, audio) are refused by name rather than silently dropped.
+//! OpenAI spelling and the accepted limit. Fields we cannot honour (images, audio) are refused
+//! by name rather than silently dropped.
 
 use serde_json::Value;
 
 use crate::openai::{ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, Role};
 use crate::sampling::{Logprobs, SamplingParams};
+use crate::structured::Grammar;
 use crate::{Error, Result};
 
 /// The most stop strings per request (OpenAI's limit).
@@ -111,6 +112,8 @@ pub struct GenerationRequest {
     pub n: u32,
     /// Streamed or whole.
     pub delivery: Delivery,
+    /// The grammar `response_format` asks the answer to follow; `None` for free text.
+    pub format: Option<Grammar>,
 }
 
 /// Validates `request` against the served model.
@@ -231,7 +234,76 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         stop,
         n,
         delivery,
+        format: response_format(request.response_format.as_ref())?,
     })
+}
+
+/// The most bytes of a `response_format` JSON schema (it is compiled for each request).
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// Reads `response_format`: `text`, `json_object`, or `json_schema` with its `schema` (a JSON
+/// object, at most [`MAX_SCHEMA_BYTES`]). Whether the schema compiles is checked by the
+/// pipeline, which owns the grammar engine.
+fn response_format(format: Option<&Value>) -> Result<Option<Grammar>> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let kind = format.get("type").and_then(Value::as_str);
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::JsonObject)),
+        Some("json_schema") => {
+            let param = "response_format.json_schema";
+            let Some(spec) = format.get("json_schema").filter(|s| !s.is_null()) else {
+                return Err(Error::validation(
+                    param,
+                    "is required when `type` is `json_schema`",
+                ));
+            };
+            if let Some(name) = spec.get("name")
+                && !name.as_str().is_some_and(is_function_name)
+            {
+                return Err(Error::validation(
+                    "response_format.json_schema.name",
+                    "must be 1 to 64 letters, digits, `_` or `-`",
+                ));
+            }
+            let schema = match spec.get("schema") {
+                None | Some(Value::Null) => serde_json::json!({}),
+                Some(schema @ (Value::Object(_) | Value::Bool(_))) => schema.clone(),
+                Some(other) => {
+                    return Err(Error::validation(
+                        "response_format.json_schema.schema",
+                        format!("must be a JSON Schema object, not {other}"),
+                    ));
+                }
+            };
+            let bytes = schema.to_string().len();
+            if bytes > MAX_SCHEMA_BYTES {
+                return Err(Error::validation(
+                    "response_format.json_schema.schema",
+                    format!("is {bytes} bytes; at most {MAX_SCHEMA_BYTES} are allowed"),
+                ));
+            }
+            Ok(Some(Grammar::JsonSchema(schema)))
+        }
+        _ => Err(Error::validation(
+            "response_format.type",
+            format!(
+                "{} is not one of `text`, `json_object`, `json_schema`",
+                format.get("type").unwrap_or(&Value::Null)
+            ),
+        )),
+    }
+}
+
+/// Whether `name` is a legal function (or schema) name: 1 to 64 of `[A-Za-z0-9_-]`, as OpenAI
+/// requires.
+pub(crate) fn is_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn in_range(
@@ -279,15 +351,6 @@ fn refuse_unsupported(r: &ChatCompletionRequest) -> Result<()> {
     }
     if is_set(&r.function_call) {
         return unsupported("function_call", "function calling");
-    }
-    if let Some(format) = r.response_format.as_ref().filter(|f| !f.is_null()) {
-        let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
-        if kind != "text" {
-            return unsupported(
-                "response_format",
-                &format!("response_format of type `{kind}` (only `text`)"),
-            );
-        }
     }
     if is_set(&r.audio) {
         return unsupported("audio", "audio output");
@@ -588,10 +651,6 @@ mod tests {
         let tool = json!([{"type": "function", "function": {"name": "f"}}]);
         assert_eq!(param_of(json!({"tools": tool})), "tools");
         assert_eq!(param_of(json!({"tool_choice": "auto"})), "tool_choice");
-        assert_eq!(
-            param_of(json!({"response_format": {"type": "json_object"}})),
-            "response_format"
-        );
         let img = json!([{"role": "user", "content": [
             {"type": "text", "text": "what is this"},
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]);
@@ -604,6 +663,49 @@ mod tests {
                         "parallel_tool_calls": true, "modalities": ["text"], "user": "u1",
                         "some_future_field": 1});
         validate(&req(ok), &limits()).unwrap();
+    }
+
+    #[test]
+    fn response_formats_become_grammars() {
+        let format = |f: Value| {
+            validate(&req(json!({"response_format": f})), &limits())
+                .unwrap()
+                .format
+        };
+        assert_eq!(format(json!({"type": "text"})), None);
+        assert_eq!(
+            format(json!({"type": "json_object"})),
+            Some(Grammar::JsonObject)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            format(json!({"type": "json_schema",
+                          "json_schema": {"name": "answer", "schema": schema, "strict": true}})),
+            Some(Grammar::JsonSchema(schema))
+        );
+        assert_eq!(
+            format(json!({"type": "json_schema", "json_schema": {"name": "any"}})),
+            Some(Grammar::JsonSchema(json!({})))
+        );
+        let cases = [
+            (json!({"type": "xml"}), "response_format.type"),
+            (json!({}), "response_format.type"),
+            (
+                json!({"type": "json_schema"}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}),
+                "response_format.json_schema.name",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a", "schema": [1]}}),
+                "response_format.json_schema.schema",
+            ),
+        ];
+        for (f, param) in cases {
+            assert_eq!(param_of(json!({"response_format": f})), param, "{f}");
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ const THREAD_NAME: &str = "llm-engine";
 use crate::backend::{Backend, BackendInfo, BatchEntry, Logits, SeqId, StepFailure};
 use crate::openai::FinishReason;
 use crate::sampling::{SamplingParams, TokenLogprobs};
+use crate::structured::Constraint;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use scheduler::{Budget, Chunk, SeqView};
@@ -63,6 +64,8 @@ pub struct SeqRequest {
     pub sampling: SamplingParams,
     /// Stop strings; the matched string is not part of the output.
     pub stop: Vec<String>,
+    /// The grammar the output must follow (structured output, tool calls), if any.
+    pub constraint: Option<Constraint>,
 }
 
 /// What the engine reports about one sequence, in order: zero or more `Token`, then one of
@@ -578,7 +581,22 @@ impl<B: Backend> Actor<B> {
         }
         let order = self.locate(&plan.chunks);
         self.logits.clear();
-        let result = {
+        // The grammar masks of the tokens this step samples depend only on the tokens so far:
+        // they are computed on another thread while the backend computes the logits.
+        let mut masking: Vec<(usize, Box<Constraint>)> = order
+            .iter()
+            .filter_map(|&(i, len)| {
+                let seq = &mut self.running[i];
+                let active = seq.constraint.as_ref().is_some_and(|c| c.is_active());
+                if !(active && seq.completes_pending(len)) {
+                    return None;
+                }
+                Some((i, seq.constraint.take()?))
+            })
+            .collect();
+        let result = std::thread::scope(|scope| {
+            let masks = (!masking.is_empty())
+                .then(|| scope.spawn(|| masking.iter_mut().for_each(|(_, c)| c.prepare())));
             let batch: Vec<BatchEntry<'_>> = order
                 .iter()
                 .map(|&(i, len)| self.running[i].entry(len))
@@ -595,8 +613,13 @@ impl<B: Backend> Actor<B> {
                 .counters
                 .backend_nanos
                 .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
+            // A mask the thread could not finish is computed again when it is needed.
+            let _ = masks.map(|m| m.join());
             result
-        };
+        });
+        for (i, constraint) in masking {
+            self.running[i].constraint = Some(constraint);
+        }
         self.shared.counters.steps.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(Ok(())) => {

@@ -1,5 +1,5 @@
 //! One sequence's state inside the engine: its tokens, how many are in the KV cache, and the
-//! per-request sampler, incremental decoder and stop matcher.
+//! per-request sampler, grammar constraint, incremental decoder and stop matcher.
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -10,6 +10,7 @@ use crate::detokenize::IncrementalDecoder;
 use crate::openai::FinishReason;
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
+use crate::structured::Constraint;
 use crate::tokenizer::Tokenizer;
 
 /// Whether a sequence goes on after a token.
@@ -33,6 +34,8 @@ pub(super) struct Sequence {
     pub(super) losses: u8,
     max_tokens: u32,
     sampler: Sampler,
+    /// The grammar the output follows, if the request asked for one.
+    pub(super) constraint: Option<Box<Constraint>>,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     events: UnboundedSender<Event>,
@@ -51,6 +54,7 @@ impl Sequence {
             losses: 0,
             max_tokens: request.max_tokens.max(1),
             sampler,
+            constraint: request.constraint.map(Box::new),
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(&request.stop),
             events,
@@ -109,7 +113,15 @@ impl Sequence {
         tokenizer: &Tokenizer,
         max_model_len: u32,
     ) -> StepOutcome {
-        let sampled = self.sampler.sample(logits);
+        let allowed = match self.constraint.as_mut().map(|c| c.allowed()).transpose() {
+            Ok(allowed) => allowed.flatten(),
+            Err(e) => {
+                tracing::error!(seq = self.id, error = %e, "cannot constrain the output");
+                self.fail(&e.to_string());
+                return StepOutcome::Finished;
+            }
+        };
+        let sampled = self.sampler.sample_within(logits, allowed);
         let token = sampled.token;
         self.tokens.push(token);
         let mut text = String::new();
@@ -124,6 +136,16 @@ impl Sequence {
                     None
                 }
             };
+            if let Some(constraint) = &mut self.constraint {
+                if let Err(e) = constraint.commit(token, piece.as_deref().unwrap_or("")) {
+                    tracing::error!(seq = self.id, error = %e, "cannot constrain the output");
+                    self.fail(&e.to_string());
+                    return StepOutcome::Finished;
+                }
+                if constraint.is_complete() {
+                    reason = Some(FinishReason::Stop);
+                }
+            }
             if let Some(piece) = piece {
                 match self.stop.push(&piece) {
                     StopOutcome::Continue { emit } => text = emit,

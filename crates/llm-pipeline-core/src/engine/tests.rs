@@ -108,6 +108,7 @@ fn request(prompt: Vec<u32>, max_tokens: u32) -> SeqRequest {
         max_tokens,
         sampling: greedy(),
         stop: Vec::new(),
+        constraint: None,
     }
 }
 
