@@ -10,6 +10,7 @@ mod lifecycle;
 mod structured;
 #[path = "../support/mod.rs"]
 mod support;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -40,8 +41,12 @@ struct Served {
     pipeline: EnginePipeline,
 }
 
-static SERVER: LazyLock<Served> = LazyLock::new(|| {
-    let config = support::config(1024, SEQS).with_max_queue(QUEUE);
+static SERVER: LazyLock<Served> =
+    LazyLock::new(|| start(support::config(1024, SEQS).with_max_queue(QUEUE)));
+
+/// Loads `config` on llama.cpp and serves it on a port of 127.0.0.1, from its own runtime
+/// thread.
+fn start(config: llm_pipeline::core::config::PipelineConfig) -> Served {
     let pipeline = llm_pipeline::llama_cpp::load(&config).expect("SmolLM2 loads");
     let served = pipeline.clone();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -69,7 +74,7 @@ static SERVER: LazyLock<Served> = LazyLock::new(|| {
     });
     let addr = addr_rx.recv().expect("the server starts");
     Served { addr, pipeline }
-});
+}
 
 /// Serializes the tests: each needs the engine to itself to check that it settles.
 static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -9,7 +9,7 @@
 //! threads, default: the available cores), `MAX_QUEUE` (waiting requests before refusal),
 //! `ENABLE_PREFIX_CACHING` (reuse the KV cache of earlier requests' common prefixes where the
 //! backend can, default true, as in vLLM), `CHAT_TEMPLATE` (a template file replacing the
-//! model's), the hub's `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`, and the prices
+//! model's), `TOOL_CALL_PARSER` (the tool-call format, by default the template's), the hub's `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`, and the prices
 //! `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
 //!
 //! Values are checked once, here, so that everything downstream can rely on them.
@@ -17,6 +17,7 @@
 use std::path::PathBuf;
 
 use crate::pricing::PriceTable;
+use crate::structured::tools::ToolFormat;
 use crate::{Error, Result};
 
 /// Whether to quantize weights to 8 bits at load time (`USE_8BIT`).
@@ -88,6 +89,9 @@ pub struct PipelineConfig {
     /// `CHAT_TEMPLATE`: a file holding a Jinja chat template to use instead of the model's own
     /// (or for a model without one).
     pub chat_template: Option<PathBuf>,
+    /// `TOOL_CALL_PARSER`: the tool-call format (`hermes`, `llama3_json`, `mistral`, `json`);
+    /// by default the one the chat template teaches.
+    pub tool_call_parser: Option<ToolFormat>,
     /// `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`: downloads of models not in `MODEL_DIR`.
     pub hub: HubSettings,
 }
@@ -111,6 +115,7 @@ impl Default for PipelineConfig {
             prefix_caching: true,
             prices: PriceTable::default(),
             chat_template: None,
+            tool_call_parser: None,
             hub: HubSettings::default(),
         }
     }
@@ -184,6 +189,17 @@ impl PipelineConfig {
                 pixels_per_unit: parse_or("PIXELS_PER_UNIT", get("PIXELS_PER_UNIT"), 1u64)?,
             },
             chat_template: get("CHAT_TEMPLATE").map(PathBuf::from),
+            tool_call_parser: get("TOOL_CALL_PARSER")
+                .map(|name| {
+                    ToolFormat::from_name(&name).ok_or_else(|| Error::Config {
+                        variable: "TOOL_CALL_PARSER",
+                        message: format!(
+                            "`{name}` is not one of {}",
+                            ToolFormat::ALL.map(|(n, _)| n).join(", ")
+                        ),
+                    })
+                })
+                .transpose()?,
             hub: HubSettings {
                 endpoint: get("HF_ENDPOINT").map(|e| e.trim_end_matches('/').to_owned()),
                 token: get("HF_TOKEN").or_else(|| get("HUGGING_FACE_HUB_TOKEN")),
@@ -326,6 +342,13 @@ impl PipelineConfig {
     #[must_use]
     pub fn with_hub(mut self, hub: HubSettings) -> Self {
         self.hub = hub;
+        self
+    }
+
+    /// Sets the tool-call format (`TOOL_CALL_PARSER`) instead of the one the template teaches.
+    #[must_use]
+    pub fn with_tool_call_parser(mut self, format: ToolFormat) -> Self {
+        self.tool_call_parser = Some(format);
         self
     }
 

@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineLimits};
 use crate::gguf::GgufMetadata;
 use crate::model::{ModelSource, find_gguf};
 use crate::pipeline::{EnginePipeline, ModelAssets};
+use crate::structured::tools::ToolFormat;
 use crate::template::{ChatTemplate, KnownTemplate, SpecialTokenText};
 use crate::tokenizer::{Tokenizer, read_json};
 use crate::validation::SamplingDefaults;
@@ -398,11 +399,17 @@ where
         .chat_template(&tokenizer, config.chat_template.as_deref())?
         .map(Arc::new);
     let engine = Engine::start(open, Arc::clone(&tokenizer), EngineLimits::from(config))?;
+    let tool_format = config.tool_call_parser.unwrap_or_else(|| {
+        template
+            .as_ref()
+            .map_or(ToolFormat::Json, |t| ToolFormat::detect(&t.source()))
+    });
     let assets = ModelAssets {
         model_id: crate::model::served_name(&config.model_id),
         tokenizer,
         template,
         defaults: files.sampling_defaults()?,
+        tool_format,
     };
     Ok(EnginePipeline::new(engine, assets, config.prices))
 }

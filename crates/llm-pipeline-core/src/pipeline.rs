@@ -16,14 +16,15 @@ use futures::stream::{self, Stream, StreamExt};
 use crate::engine::{Engine, EngineStats, Event, EventReceiver, SeqRequest, TokenEvent};
 use crate::openai::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-    ChoiceLogprobs, ChunkChoice, Delta, FinishReason, ResponseMetadata, TokenLogprob, TopLogprob,
-    Usage,
+    ChoiceLogprobs, ChunkChoice, Delta, FinishReason, ResponseMetadata, TokenLogprob, ToolCall,
+    ToolCallDelta, TopLogprob, Usage,
 };
 use crate::pricing::{Price, PriceTable};
+use crate::structured::tools::{ToolCallStream, ToolChoice, ToolFormat, ToolStreamItem};
 use crate::structured::{Constraint, Grammar, Grammars};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
-use crate::validation::{self, GenerationRequest, ModelLimits, SamplingDefaults};
+use crate::validation::{self, GenerationRequest, ModelLimits, PromptMessage, SamplingDefaults};
 use crate::{Error, Result};
 
 /// A stream of chunks; an `Err` item ends it (the backend failed mid-generation).
@@ -200,6 +201,8 @@ pub struct ModelAssets {
     pub template: Option<Arc<ChatTemplate>>,
     /// The model's sampling defaults (`generation_config.json`).
     pub defaults: SamplingDefaults,
+    /// How the model writes tool calls (`TOOL_CALL_PARSER`, or what its template teaches).
+    pub tool_format: ToolFormat,
 }
 
 /// The pricing figures of one request, as exact rationals.
@@ -229,6 +232,8 @@ struct Prepared {
     prompt_tokens: u32,
     receivers: Vec<EventReceiver>,
     quote: Price,
+    /// The format answers are parsed in for tool calls, when the request may call tools.
+    tool_format: Option<ToolFormat>,
 }
 
 impl EnginePipeline {
@@ -292,15 +297,29 @@ impl EnginePipeline {
         })?;
         let tokenizer = Arc::clone(&self.assets.tokenizer);
         let messages = generation.messages.clone();
+        let tools: Option<Vec<serde_json::Value>> = generation
+            .tools
+            .as_ref()
+            .map(|use_| use_.tools.iter().map(|t| t.definition.clone()).collect());
         tokio::task::spawn_blocking(move || {
-            let messages: Vec<ChatMessage<'_>> = messages
-                .iter()
-                .map(|m| ChatMessage {
-                    role: m.role.as_str(),
-                    content: &m.content,
-                })
-                .collect();
-            let text = template.render(&messages)?;
+            let uses_tools = tools.is_some()
+                || messages
+                    .iter()
+                    .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some());
+            let text = if uses_tools {
+                let messages: Vec<serde_json::Value> =
+                    messages.iter().map(PromptMessage::to_template).collect();
+                template.render_with_tools(&messages, tools.as_deref())?
+            } else {
+                let messages: Vec<ChatMessage<'_>> = messages
+                    .iter()
+                    .map(|m| ChatMessage {
+                        role: m.role.as_str(),
+                        content: &m.content,
+                    })
+                    .collect();
+                template.render(&messages)?
+            };
             // Where each content landed in the rendered text, in order: message contents are
             // data, never control tokens (a template that rewrites a content leaves it unfound,
             // and that content is encoded as the template's own text).
@@ -310,7 +329,7 @@ impl EnginePipeline {
                 if m.content.is_empty() {
                     continue;
                 }
-                if let Some(at) = text[from..].find(m.content) {
+                if let Some(at) = text[from..].find(m.content.as_str()) {
                     data.push(from + at..from + at + m.content.len());
                     from += at + m.content.len();
                 }
@@ -348,8 +367,19 @@ impl EnginePipeline {
     ) -> Result<(Prepared, GenerationRequest)> {
         let generation = validation::validate(request, &self.limits())?;
         self.admit(&generation)?;
-        let constraint = match &generation.format {
-            Some(grammar) => Some(self.compile(grammar.clone()).await?),
+        let tool_format = generation
+            .tools
+            .as_ref()
+            .filter(|t| t.choice != ToolChoice::None)
+            .map(|_| self.assets.tool_format);
+        let grammar = match (&generation.format, &generation.tools) {
+            (Some(grammar), _) => Some((grammar.clone(), None)),
+            (None, Some(tools)) => self.assets.tool_format.grammar(tools),
+            (None, None) => None,
+        };
+        let constraint = match grammar {
+            Some((grammar, None)) => Some(self.compile(grammar).await?),
+            Some((grammar, Some(trigger))) => Some(self.compile(grammar).await?.after(trigger)),
             None => None,
         };
         let prompt = self.tokenize(&generation).await?;
@@ -379,6 +409,7 @@ impl EnginePipeline {
             prompt_tokens: prompt.len() as u32,
             receivers,
             quote,
+            tool_format,
         };
         Ok((prepared, generation))
     }
@@ -486,11 +517,27 @@ impl Pipeline for EnginePipeline {
             completion_tokens += answer.completion_tokens;
             // The choices share one prompt; report the most of it any of them found cached.
             cached_tokens = cached_tokens.max(answer.cached_tokens);
+            let (content, calls) = match prepared.tool_format {
+                Some(format) => format.parse(&answer.text),
+                None => (answer.text, Vec::new()),
+            };
+            let (message, reason) = if calls.is_empty() {
+                (AssistantMessage::new(content), answer.reason)
+            } else {
+                let calls = calls
+                    .into_iter()
+                    .map(|c| ToolCall::new(c.name, c.arguments))
+                    .collect();
+                (
+                    AssistantMessage::calling(&content, calls),
+                    called(answer.reason),
+                )
+            };
             completion.choices.push(Choice {
                 index: index as u32,
-                message: AssistantMessage::new(answer.text),
+                message,
                 logprobs: answer.logprobs,
-                finish_reason: Some(answer.reason),
+                finish_reason: Some(reason),
             });
         }
         completion.usage =
@@ -516,6 +563,10 @@ impl Pipeline for EnginePipeline {
                     rx,
                 },
             )),
+            tool_streams: (0..generation.n)
+                .map(|_| prepared.tool_format.map(ToolCallStream::new))
+                .collect(),
+            called: vec![false; generation.n as usize],
             open: generation.n as usize,
             prompt_tokens: prepared.prompt_tokens,
             completion_tokens: 0,
@@ -548,6 +599,15 @@ impl Pipeline for EnginePipeline {
     }
 }
 
+/// The finish reason of an answer that called tools: `tool_calls` when the model ended it,
+/// `length` when the limit cut it.
+fn called(reason: FinishReason) -> FinishReason {
+    match reason {
+        FinishReason::Stop => FinishReason::ToolCalls,
+        other => other,
+    }
+}
+
 /// One choice's events, tagged with the choice index for merging.
 struct Tagged {
     index: u32,
@@ -572,6 +632,10 @@ struct StreamState {
     pipeline: EnginePipeline,
     template: ChatCompletionChunk,
     events: stream::SelectAll<Tagged>,
+    /// Per choice: the tool-call splitter, when the request may call tools.
+    tool_streams: Vec<Option<ToolCallStream>>,
+    /// Per choice: whether it called a tool.
+    called: Vec<bool>,
     open: usize,
     prompt_tokens: u32,
     completion_tokens: u32,
@@ -582,6 +646,25 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// The deltas of what a choice's tool-call splitter released: text as it is, each call as
+    /// its head (id, name) and then its arguments.
+    fn deltas(&mut self, index: u32, items: Vec<ToolStreamItem>) -> Vec<Delta> {
+        let mut deltas = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                ToolStreamItem::Text(text) => deltas.push(Delta::text(text)),
+                ToolStreamItem::Call { index: nth, call } => {
+                    self.called[index as usize] = true;
+                    let call = ToolCall::new(call.name, call.arguments);
+                    let [head, arguments] = ToolCallDelta::pieces(nth, &call);
+                    deltas.push(Delta::calls(vec![head]));
+                    deltas.push(Delta::calls(vec![arguments]));
+                }
+            }
+        }
+        deltas
+    }
+
     fn chunk(&self, choice: ChunkChoice) -> ChatCompletionChunk {
         let chunk = self.template.clone().with_choice(choice);
         if self.include_usage {
@@ -603,34 +686,63 @@ impl StreamState {
         match event {
             Event::Token(t) => {
                 let logprobs = self.pipeline.logprobs(&t);
-                if t.text.is_empty() && logprobs.is_none() {
-                    return Some(Vec::new());
+                let mut deltas = match &mut self.tool_streams[index as usize] {
+                    Some(tools) => {
+                        let items = tools.push(&t.text);
+                        self.deltas(index, items)
+                    }
+                    None if t.text.is_empty() => Vec::new(),
+                    None => vec![Delta::text(t.text)],
+                };
+                if deltas.is_empty() && logprobs.is_some() {
+                    deltas.push(Delta::text(""));
                 }
-                let mut choice = ChunkChoice::new(index, Delta::text(t.text));
-                choice.logprobs = logprobs;
-                Some(vec![Ok(self.chunk(choice))])
+                let mut chunks = Vec::with_capacity(deltas.len());
+                for (i, delta) in deltas.into_iter().enumerate() {
+                    let mut choice = ChunkChoice::new(index, delta);
+                    if i == 0 {
+                        choice.logprobs.clone_from(&logprobs);
+                    }
+                    chunks.push(Ok(self.chunk(choice)));
+                }
+                Some(chunks)
             }
             Event::Finished(f) => {
                 self.completion_tokens += f.completion_tokens;
                 self.cached_tokens = self.cached_tokens.max(f.cached_tokens);
                 self.open -= 1;
+                let mut out: Vec<Result<ChatCompletionChunk>> = Vec::new();
+                if let Some(tools) = &mut self.tool_streams[index as usize] {
+                    let items = tools.finish();
+                    for delta in self.deltas(index, items) {
+                        out.push(Ok(self.chunk(ChunkChoice::new(index, delta))));
+                    }
+                }
+                let reason = if self.called[index as usize] {
+                    called(f.reason)
+                } else {
+                    f.reason
+                };
                 let mut last = self
-                    .chunk(ChunkChoice::new(index, Delta::default()).with_finish_reason(f.reason));
+                    .chunk(ChunkChoice::new(index, Delta::default()).with_finish_reason(reason));
                 if self.open > 0 {
-                    return Some(vec![Ok(last)]);
+                    out.push(Ok(last));
+                    return Some(out);
                 }
                 self.done = true;
                 let metadata = self.pipeline.metadata(self.quote, self.completion_tokens);
                 if !self.include_usage {
                     last.metadata = Some(metadata);
-                    return Some(vec![Ok(last)]);
+                    out.push(Ok(last));
+                    return Some(out);
                 }
                 let mut usage = self.template.clone().with_usage(
                     Usage::new(self.prompt_tokens, self.completion_tokens)
                         .with_cached_tokens(self.cached_tokens),
                 );
                 usage.metadata = Some(metadata);
-                Some(vec![Ok(last), Ok(usage)])
+                out.extend([Ok(last), Ok(usage)]);
+                Some(out)
             }
             Event::Failed { message } => {
                 self.done = true;

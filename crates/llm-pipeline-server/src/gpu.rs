@@ -145,13 +145,14 @@ mod tests {
             utilization_compute: 97,
             utilization_memory: 40,
         };
-        let keys: Vec<String> = serde_json::to_value(&stats)
+        let mut keys: Vec<String> = serde_json::to_value(&stats)
             .unwrap()
             .as_object()
             .unwrap()
             .keys()
             .cloned()
             .collect();
+        keys.sort();
         assert_eq!(
             keys,
             [

@@ -8,7 +8,8 @@
 //! [`ChatCompletionRequest::new`] and its `with_*` methods.
 //!
 //! - [`ChatCompletionRequest`] and its [`ChatMessage`]s: the body of `POST /v1/chat/completions`.
-//! - [`ChatCompletion`], or a stream of [`ChatCompletionChunk`]s: the answer.
+//! - [`ChatCompletion`], or a stream of [`ChatCompletionChunk`]s: the answer, with its
+//!   [`ToolCall`]s (streamed as [`ToolCallDelta`]s).
 //! - [`ErrorResponse`]: the error body.
 //! - [`ModelList`]: the body of `GET /v1/models`.
 
@@ -17,6 +18,7 @@ mod message;
 mod models;
 mod request;
 mod response;
+mod tool_call;
 
 pub use error_body::{ErrorBody, ErrorResponse};
 pub use message::{ChatMessage, ContentPart, MessageContent, Role};
@@ -27,3 +29,4 @@ pub use response::{
     Delta, FinishReason, MIN_LOGPROB, PromptTokensDetails, ResponseMetadata, TokenLogprob,
     TopLogprob, Usage,
 };
+pub use tool_call::{FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta};

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::message::Role;
+use super::tool_call::{ToolCall, ToolCallDelta};
 use crate::pricing::Price;
 
 /// A whole answer: the body of a non-streamed chat completion.
@@ -78,6 +79,9 @@ pub struct AssistantMessage {
     /// The text; `null` when there is none.
     #[serde(default)]
     pub content: Option<String>,
+    /// The tools the model called, when it called any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 impl AssistantMessage {
@@ -86,6 +90,16 @@ impl AssistantMessage {
         Self {
             role: Role::Assistant,
             content: Some(content.into()),
+            tool_calls: None,
+        }
+    }
+
+    /// An assistant message that calls `calls`, after `content` (`null` when blank).
+    pub fn calling(content: &str, calls: Vec<ToolCall>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: (!content.trim().is_empty()).then(|| content.to_owned()),
+            tool_calls: Some(calls),
         }
     }
 }
@@ -226,6 +240,9 @@ pub struct Delta {
     /// New text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 impl Delta {
@@ -235,6 +252,7 @@ impl Delta {
         Self {
             role: Some(Role::Assistant),
             content: Some(String::new()),
+            tool_calls: None,
         }
     }
 
@@ -243,6 +261,16 @@ impl Delta {
         Self {
             role: None,
             content: Some(content.into()),
+            tool_calls: None,
+        }
+    }
+
+    /// A delta with pieces of tool calls.
+    pub fn calls(pieces: Vec<ToolCallDelta>) -> Self {
+        Self {
+            role: None,
+            content: None,
+            tool_calls: Some(pieces),
         }
     }
 }
@@ -255,7 +283,7 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
-    /// The model called a tool (never produced by this crate yet).
+    /// The model called a tool.
     ToolCalls,
     /// Content was withheld by a filter (never produced by this crate).
     ContentFilter,

@@ -17,6 +17,7 @@
 //! until the text reaches a trigger (the family's tool-call marker), then enforces its grammar
 //! from there on.
 
+pub mod tools;
 mod vocab;
 
 use std::fmt;

@@ -11,27 +11,22 @@ fn tokenizer(path: std::path::PathBuf) -> Arc<Tokenizer> {
     Arc::new(Tokenizer::from_gguf(&GgufMetadata::from_path(path).unwrap()).unwrap())
 }
 
-/// Drives `constraint` greedily by a preference: at each step the allowed token that comes
-/// first in `prefer`'s order (else the lowest allowed id), until the grammar is complete.
-fn walk(tokenizer: &Tokenizer, constraint: &mut Constraint, prefer: &[u32]) -> String {
+/// Drives `constraint` to completion, always taking the lowest allowed id; the text it wrote.
+pub(super) fn walk(tokenizer: &Tokenizer, constraint: &mut Constraint) -> String {
     let mut ids = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..300 {
         if constraint.is_complete() {
             break;
         }
         let allowed = constraint.allowed().unwrap().expect("active").to_vec();
-        let ok = |t: u32| allowed[t as usize / 32] >> (t % 32) & 1 == 1;
-        let token = prefer
-            .iter()
-            .copied()
-            .find(|&t| ok(t))
-            .or_else(|| (0..tokenizer.vocab_size() as u32).find(|&t| ok(t)))
+        let token = (0..tokenizer.vocab_size() as u32)
+            .find(|&t| allowed[t as usize / 32] >> (t % 32) & 1 == 1)
             .unwrap();
         let text = tokenizer.decode(&[token], SkipSpecial::No).unwrap();
         constraint.commit(token, &text).unwrap();
         ids.push(token);
     }
-    assert!(constraint.is_complete(), "grammar never completed");
+    assert!(constraint.is_complete(), "the grammar never completed");
     tokenizer.decode(&ids, SkipSpecial::No).unwrap()
 }
 
@@ -57,7 +52,7 @@ fn a_schema_walk_yields_valid_json_on_both_vocabularies() {
         let mut constraint = grammars
             .compile(&Grammar::JsonSchema(schema.clone()))
             .unwrap();
-        let text = walk(&tokenizer, &mut constraint, &[]);
+        let text = walk(&tokenizer, &mut constraint);
         let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert!(value["city"].is_string(), "{text}");
         assert!(["celsius", "fahrenheit"].contains(&value["unit"].as_str().unwrap()));
@@ -94,7 +89,7 @@ fn an_armed_constraint_waits_for_its_trigger() {
     assert!(!constraint.is_active());
     constraint.commit(0, "_call>\n").unwrap();
     assert!(constraint.is_active());
-    let text = walk(&tokenizer, &mut constraint, &[]);
+    let text = walk(&tokenizer, &mut constraint);
     assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
 }
 

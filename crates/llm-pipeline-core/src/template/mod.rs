@@ -7,8 +7,8 @@
 //! defaults: `trim_blocks` and `lstrip_blocks` on, the trailing newline dropped, Python's string
 //! and dict methods (`minijinja-contrib`'s `pycompat`), the `raise_exception` and `strftime_now`
 //! globals, a `tojson` filter with `json.dumps` semantics (no HTML escaping, `ensure_ascii=False`,
-//! Python's separators and float spelling), and the context `messages`, `tools` (none),
-//! `documents` (none), `add_generation_prompt` (true), `bos_token` and `eos_token`.
+//! Python's separators and float spelling), and the context `messages`, `tools` (the request's,
+//! or none), `documents` (none), `add_generation_prompt` (true), `bos_token` and `eos_token`.
 //!
 //! The template is compiled once in [`ChatTemplate::new`] (a syntax error is an
 //! [`Error::Template`]) and rendered per request. A template that calls `raise_exception`
@@ -27,7 +27,7 @@ mod strftime;
 use std::borrow::Cow;
 use std::fmt;
 
-use minijinja::value::Value;
+use minijinja::value::{Serde, Value};
 use minijinja::{Environment, ErrorKind};
 
 use self::json::tojson;
@@ -121,19 +121,48 @@ impl ChatTemplate {
     /// and the failure is logged for the operator. [`Error::Template`] when the compiled
     /// template cannot be loaded.
     pub fn render(&self, messages: &[ChatMessage<'_>]) -> Result<String> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|err| template_error("cannot load", err))?;
         let messages: Vec<Value> = messages
             .iter()
             .map(|message| {
                 Value::from_pairs([("role", message.role), ("content", message.content)])
             })
             .collect();
+        self.render_context(Value::from(messages), Value::from(()))
+    }
+
+    /// Renders a conversation with tool use: `messages` as JSON objects in OpenAI's shape
+    /// (`role`, `content`, and `tool_calls` or `tool_call_id` where they apply; a call's
+    /// `arguments` as an object, as `transformers` users pass them), and the declared `tools`
+    /// (`{"type": "function", "function": {…}}`) in the template's `tools` variable.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChatTemplate::render`].
+    pub fn render_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String> {
+        let tools = tools.map_or(Value::from(()), |tools| Value::from(Serde(tools)));
+        self.render_context(Value::from(Serde(messages)), tools)
+    }
+
+    /// The template's source, for what it teaches the model (its tool-call format).
+    pub fn source(&self) -> String {
+        self.env
+            .get_template(TEMPLATE_NAME)
+            .map(|t| t.source().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn render_context(&self, messages: Value, tools: Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|err| template_error("cannot load", err))?;
         let context = minijinja::context! {
             messages => messages,
-            tools => Value::from(()),
+            tools => tools,
             documents => Value::from(()),
             add_generation_prompt => true,
         };
@@ -516,6 +545,37 @@ mod tests {
             },
         ];
         assert_eq!(t.render(&messages).unwrap(), "[A][B]2user");
+    }
+
+    #[test]
+    fn tools_and_tool_messages_reach_the_template() {
+        let source = "{% for t in tools %}[{{ t.function.name }}:{{ t.function.parameters | tojson }}]{% endfor %}\
+                      {% for m in messages %}<{{ m.role }}>{{ m.content }}\
+                      {% for c in m.tool_calls %}{{ c.id }}={{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}\
+                      {% if m.tool_call_id %}@{{ m.tool_call_id }}{% endif %}{% endfor %}";
+        let t = template(source, "", "");
+        let tools = [serde_json::json!({"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})];
+        let messages = [
+            serde_json::json!({"role": "user", "content": "Weather?"}),
+            serde_json::json!({"role": "assistant", "content": "", "tool_calls": [{"id": "call_1",
+                "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "a": 1}}}]}),
+            serde_json::json!({"role": "tool", "content": "22 C", "tool_call_id": "call_1"}),
+        ];
+        assert_eq!(
+            t.render_with_tools(&messages, Some(&tools)).unwrap(),
+            "[get_weather:{\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}]\
+             <user>Weather?<assistant>call_1=get_weather{\"city\": \"Paris\", \"a\": 1}<tool>22 C@call_1"
+        );
+        // Without tools, `tools` is none, as in `render`.
+        assert_eq!(
+            t.render_with_tools(&messages[..1], None).unwrap(),
+            t.render(&[ChatMessage {
+                role: "user",
+                content: "Weather?"
+            }])
+            .unwrap()
+        );
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
             Arc::new(ChatTemplate::new(CHATML_TEMPLATE, SpecialTokenText::default()).unwrap())
         }),
         defaults: Default::default(),
+        tool_format: llm_pipeline_core::structured::tools::ToolFormat::Hermes,
     };
     let prices = PriceTable {
         price_per_unit: 3,

@@ -3,14 +3,19 @@
 //! Parse, don't validate: everything after this module takes a `GenerationRequest` and never
 //! checks a range again. Every failure is an [`Error::Validation`] naming the field in the
 //! OpenAI spelling and the accepted limit. Fields we cannot honour (images, audio) are refused
-//! by name rather than silently dropped.
+//! by name rather than silently dropped. Tool use has its own file, `tools.rs`.
 
 use serde_json::Value;
 
 use crate::openai::{ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, Role};
 use crate::sampling::{Logprobs, SamplingParams};
 use crate::structured::Grammar;
+use crate::structured::tools::{ToolChoice, ToolUse};
 use crate::{Error, Result};
+
+mod tools;
+
+pub use tools::{MAX_TOOLS, PromptToolCall};
 
 /// The most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -83,6 +88,29 @@ pub struct PromptMessage {
     pub role: Role,
     /// The text (text parts joined).
     pub content: String,
+    /// For an assistant message: the tool calls it made.
+    pub tool_calls: Vec<PromptToolCall>,
+    /// For a tool message: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl PromptMessage {
+    /// The message in OpenAI's shape, for a chat template that may use tools: `role`,
+    /// `content`, and `tool_calls` (arguments as objects) or `tool_call_id` where set.
+    pub fn to_template(&self) -> Value {
+        let mut message = serde_json::json!({"role": self.role.as_str(), "content": self.content});
+        if !self.tool_calls.is_empty() {
+            message["tool_calls"] = self
+                .tool_calls
+                .iter()
+                .map(PromptToolCall::to_template)
+                .collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            message["tool_call_id"] = Value::from(id.as_str());
+        }
+        message
+    }
 }
 
 /// Whether the answer is streamed.
@@ -114,6 +142,8 @@ pub struct GenerationRequest {
     pub delivery: Delivery,
     /// The grammar `response_format` asks the answer to follow; `None` for free text.
     pub format: Option<Grammar>,
+    /// The tools the model is shown and how it may call them; `None` without tools.
+    pub tools: Option<ToolUse>,
 }
 
 /// Validates `request` against the served model.
@@ -133,12 +163,16 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         ));
     }
     let messages = messages(&request.messages)?;
-    if let Some(v) = &request.parallel_tool_calls
-        && !v.is_boolean()
+    let tools = tools::tool_use(request)?;
+    let format = response_format(request.response_format.as_ref())?;
+    if format.is_some()
+        && let Some(tools) = &tools
+        && tools.choice != ToolChoice::None
     {
         return Err(Error::validation(
-            "parallel_tool_calls",
-            format!("must be a boolean, not {v}"),
+            "response_format",
+            "cannot be combined with tool calls; set `tool_choice` to `none` or leave \
+             `response_format` out",
         ));
     }
     bounded("user", request.user.as_deref())?;
@@ -234,7 +268,8 @@ pub fn validate(request: &ChatCompletionRequest, model: &ModelLimits) -> Result<
         stop,
         n,
         delivery,
-        format: response_format(request.response_format.as_ref())?,
+        format,
+        tools,
     })
 }
 
@@ -334,24 +369,6 @@ fn refuse_unsupported(r: &ChatCompletionRequest) -> Result<()> {
             format!("{what} is not supported by this server"),
         ))
     };
-    if r.tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return unsupported("tools", "tool calling");
-    }
-    if r.tool_choice
-        .as_ref()
-        .is_some_and(|c| !c.is_null() && c != "none")
-    {
-        return unsupported("tool_choice", "tool calling");
-    }
-    if is_set(&r.functions) {
-        return unsupported("functions", "function calling");
-    }
-    if is_set(&r.function_call) {
-        return unsupported("function_call", "function calling");
-    }
     if is_set(&r.audio) {
         return unsupported("audio", "audio output");
     }
@@ -386,12 +403,16 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<PromptMessage>> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            if is_set(&m.tool_calls) {
-                return Err(Error::validation(
-                    format!("messages[{i}].tool_calls"),
-                    "tool calling is not supported by this server",
-                ));
-            }
+            let tool_calls = match m.role {
+                Role::Assistant => tools::message_calls(i, m.tool_calls.as_ref())?,
+                _ if is_set(&m.tool_calls) => {
+                    return Err(Error::validation(
+                        format!("messages[{i}].tool_calls"),
+                        "only assistant messages make tool calls",
+                    ));
+                }
+                _ => Vec::new(),
+            };
             bounded(&format!("messages[{i}].name"), m.name.as_deref())?;
             bounded(
                 &format!("messages[{i}].tool_call_id"),
@@ -429,7 +450,12 @@ fn messages(messages: &[ChatMessage]) -> Result<Vec<PromptMessage>> {
                 Role::Developer => Role::System,
                 r => r,
             };
-            Ok(PromptMessage { role, content })
+            Ok(PromptMessage {
+                role,
+                content,
+                tool_calls,
+                tool_call_id: m.tool_call_id.clone(),
+            })
         })
         .collect()
 }
@@ -648,9 +674,6 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_refused_by_name() {
-        let tool = json!([{"type": "function", "function": {"name": "f"}}]);
-        assert_eq!(param_of(json!({"tools": tool})), "tools");
-        assert_eq!(param_of(json!({"tool_choice": "auto"})), "tool_choice");
         let img = json!([{"role": "user", "content": [
             {"type": "text", "text": "what is this"},
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]);
@@ -663,6 +686,117 @@ mod tests {
                         "parallel_tool_calls": true, "modalities": ["text"], "user": "u1",
                         "some_future_field": 1});
         validate(&req(ok), &limits()).unwrap();
+    }
+
+    #[test]
+    fn tools_and_tool_choice_become_tool_use() {
+        let weather = json!({"type": "function", "function": {
+            "name": "get_weather", "description": "The weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+        let time = json!({"type": "function", "function": {"name": "get_time"}});
+        let tools = |extra: Value| {
+            let mut body = json!({"tools": [weather, time]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            validate(&req(body), &limits()).unwrap().tools.unwrap()
+        };
+        let auto = tools(json!({}));
+        assert_eq!(auto.choice, ToolChoice::Auto);
+        assert!(auto.parallel);
+        assert_eq!(auto.tools[0].name, "get_weather");
+        assert_eq!(auto.tools[0].definition, weather);
+        assert_eq!(
+            auto.tools[1].parameters,
+            json!({"type": "object", "properties": {}})
+        );
+        let named = tools(
+            json!({"tool_choice": {"type": "function", "function": {"name": "get_time"}},
+                                 "parallel_tool_calls": false}),
+        );
+        assert_eq!(named.choice, ToolChoice::Function("get_time".into()));
+        assert!(!named.parallel);
+        assert_eq!(
+            tools(json!({"tool_choice": "required"})).choice,
+            ToolChoice::Required
+        );
+        assert_eq!(
+            tools(json!({"tool_choice": "none"})).choice,
+            ToolChoice::None
+        );
+        // No tools, no tool use.
+        assert_eq!(
+            validate(&req(json!({"tool_choice": "none"})), &limits())
+                .unwrap()
+                .tools,
+            None
+        );
+
+        let cases = [
+            (json!({"tools": {"a": 1}}), "tools"),
+            (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
+            (
+                json!({"tools": [{"type": "function"}]}),
+                "tools[0].function",
+            ),
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "a b"}}]}),
+                "tools[0].function.name",
+            ),
+            (
+                json!({"tools": [weather, weather]}),
+                "tools[1].function.name",
+            ),
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}),
+                "tools[0].function.parameters",
+            ),
+            (
+                json!({"tools": [weather], "tool_choice": "sometimes"}),
+                "tool_choice",
+            ),
+            (
+                json!({"tools": [weather], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+                "tool_choice.function.name",
+            ),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (json!({"parallel_tool_calls": "yes"}), "parallel_tool_calls"),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(body.clone()), param, "{body}");
+        }
+    }
+
+    #[test]
+    fn assistant_tool_calls_and_tool_results_reach_the_prompt() {
+        let g = validate(
+            &req(json!({"messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "22 C"}
+            ]})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            g.messages[1].tool_calls,
+            [PromptToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: json!({"city": "Paris"}),
+            }]
+        );
+        assert_eq!(g.messages[2].tool_call_id.as_deref(), Some("call_1"));
+        let bad = json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c",
+            "function": {"name": "f", "arguments": "{oops"}}]}]});
+        assert_eq!(
+            param_of(bad),
+            "messages[0].tool_calls[0].function.arguments"
+        );
+        let bad = json!({"messages": [{"role": "user", "content": "x", "tool_calls": []}]});
+        assert_eq!(param_of(bad), "messages[0].tool_calls");
     }
 
     #[test]
