@@ -47,6 +47,25 @@ pub(crate) enum Mix {
     /// history with the answers so far. A server with prefix caching computes only each turn's
     /// new tokens.
     Turns,
+    /// The chat prompts with a `response_format` JSON schema ([`ANSWER_SCHEMA`]): what
+    /// constrained decoding costs. An answer ends when its JSON closes, so answers may be
+    /// shorter than `max_tokens`; tokens/s counts the tokens generated.
+    Json,
+}
+
+/// The schema of [`Mix::Json`]: an answer in a free string, with a few typed fields around it.
+pub(crate) fn answer_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "topic": {"type": "string", "maxLength": 40},
+            "answer": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "tags": {"type": "array", "items": {"enum": ["science", "history", "life", "other"]}}
+        },
+        "required": ["topic", "answer", "confidence", "tags"],
+        "additionalProperties": false
+    })
 }
 
 /// The follow-up questions of [`Mix::Turns`]; turn `r` asks `FOLLOW_UPS[(r - 1) % len]`.
@@ -64,6 +83,7 @@ impl Mix {
             Self::Chat => "chat",
             Self::Prefill => "prefill",
             Self::Turns => "turns",
+            Self::Json => "json",
         }
     }
 
@@ -71,7 +91,7 @@ impl Mix {
     /// system prompts and common questions do; prefill prompts are new in every pass too.
     pub(crate) fn prompt(self, c: u32, r: u32, pass: u32) -> String {
         match self {
-            Self::Chat => PROMPTS[(c + r) as usize % PROMPTS.len()].clone(),
+            Self::Chat | Self::Json => PROMPTS[(c + r) as usize % PROMPTS.len()].clone(),
             Self::Prefill => format!(
                 "Document {pass}-{c}-{r}. {DOCUMENT} Summarize the document in one sentence."
             ),
@@ -213,7 +233,13 @@ pub(crate) async fn run(target: &Target<'_>, load: &Load) -> Report {
                     history.clear();
                 }
                 history.push(ChatMessage::user(load.mix.prompt(c, r, load.pass)));
-                let request = request("", &history, load.max_tokens);
+                let mut request = request("", &history, load.max_tokens);
+                if load.mix == Mix::Json {
+                    request.response_format = Some(serde_json::json!({
+                        "type": "json_schema",
+                        "json_schema": {"name": "answer", "schema": answer_schema()}
+                    }));
+                }
                 let sample = match target {
                     Target::Pipeline(p) => one_in_process(p, request).await,
                     Target::Http(base) => one_over_http(&http, base, &request).await,

@@ -6,7 +6,7 @@
 //! ```text
 //! cargo bench --features server,candle --bench serving -- [--threads 2] [--tokens 64]
 //!     [--clients 1,8,32] [--rounds 2] [--passes 2] [--prefill-clients 8] [--prefill-tokens 8]
-//!     [--turns-clients 8] [--turns 4] [--turns-tokens 32]
+//!     [--turns-clients 8] [--turns 4] [--turns-tokens 32] [--json-clients 1,32]
 //!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
 //!     [--json PATH] [--markdown PATH]
 //! ```
@@ -20,7 +20,8 @@
 //! token prompts, each unique from its first token, with short answers; then multi-turn chat:
 //! `--turns-clients` conversations of `--turns` requests, each carrying the history so far
 //! (a ~110-token opening unique to the client and pass, the answers, short follow-ups), where
-//! prefix caching decides the time to first token. Figures per system and
+//! prefix caching decides the time to first token; with `--json-clients`, the chat prompts again
+//! under a `response_format` JSON schema (what constrained decoding costs). Figures per system and
 //! workload: aggregate output tokens/s (completion tokens over the wall time from the first
 //! request to the last answer), median and p99 time to first token, median time per output
 //! token after the first, the serving process's peak resident memory, and for the in-process
@@ -60,6 +61,8 @@ pub(crate) struct Args {
     turns_clients: u32,
     turns: u32,
     turns_tokens: u32,
+    /// Clients of the JSON-schema workloads (none by default).
+    json_clients: Vec<u32>,
     llama_server: Option<PathBuf>,
     mistralrs: Option<PathBuf>,
     systems: Option<Vec<String>>,
@@ -76,6 +79,7 @@ impl Args {
             .iter()
             .copied()
             .chain([self.prefill_clients, self.turns_clients])
+            .chain(self.json_clients.iter().copied())
             .max()
             .unwrap_or(1)
     }
@@ -103,12 +107,20 @@ impl Args {
             pass: 0,
             max_tokens: self.turns_tokens,
         });
-        chat.chain(prefill).chain(turns).collect()
+        let json = self.json_clients.iter().map(|&clients| Load {
+            mix: Mix::Json,
+            clients,
+            rounds: self.rounds,
+            pass: 0,
+            max_tokens: self.tokens,
+        });
+        chat.chain(prefill).chain(turns).chain(json).collect()
     }
 
     /// The flags that shape the workloads, for a child process.
     pub(crate) fn forwarded(&self) -> Vec<String> {
         let clients: Vec<String> = self.clients.iter().map(u32::to_string).collect();
+        let json_clients: Vec<String> = self.json_clients.iter().map(u32::to_string).collect();
         [
             ("--threads", self.threads.to_string()),
             ("--tokens", self.tokens.to_string()),
@@ -119,6 +131,7 @@ impl Args {
             ("--turns-clients", self.turns_clients.to_string()),
             ("--turns", self.turns.to_string()),
             ("--turns-tokens", self.turns_tokens.to_string()),
+            ("--json-clients", json_clients.join(",")),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
@@ -146,6 +159,7 @@ fn args() -> Args {
         turns_clients: 8,
         turns: 4,
         turns_tokens: 32,
+        json_clients: Vec::new(),
         llama_server: env_path("LLM_PIPELINE_LLAMA_SERVER"),
         mistralrs: env_path("LLM_PIPELINE_MISTRALRS"),
         systems: None,
@@ -165,6 +179,7 @@ fn args() -> Args {
         a.turns_clients = 1;
         a.turns = 2;
         a.turns_tokens = 2;
+        a.json_clients = vec![2];
         a.systems = Some(vec!["ours".into(), "engine".into()]);
         a.bandwidth_bytes = 64 << 20;
     }
@@ -183,6 +198,13 @@ fn args() -> Args {
             "--turns" => a.turns = num(val()),
             "--turns-tokens" => a.turns_tokens = num(val()),
             "--clients" => a.clients = val().split(',').map(|c| num(c.to_owned())).collect(),
+            "--json-clients" => {
+                a.json_clients = val()
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(|c| num(c.to_owned()))
+                    .collect();
+            }
             "--llama-server" => a.llama_server = Some(val().into()),
             "--mistralrs" => a.mistralrs = Some(val().into()),
             "--systems" => a.systems = Some(val().split(',').map(str::to_owned).collect()),

@@ -434,3 +434,49 @@ async fn control_tokens_typed_in_a_message_stay_text() {
     let answer = greedy(ask(spoof).with_max_tokens(8)).await;
     assert_eq!(answer.choices.len(), 1);
 }
+
+/// A template that opens the model's reasoning in the prompt (as DeepSeek-R1's and QwQ's do):
+/// what the model writes before `</think>` comes back as `reasoning_content`, whole and
+/// streamed alike, and never as `content`.
+#[tokio::test]
+async fn a_thinking_template_returns_the_reasoning_apart() {
+    let template = llm_pipeline::core::testing::scratch_dir("thinking").join("template.jinja");
+    std::fs::write(
+        &template,
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n\
+         {% if m.role == 'assistant' and '</think>' in m.content %}{{ m.content.split('</think>')[-1] }}\
+         {% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}\
+         {% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}",
+    )
+    .unwrap();
+    let pipeline = llm_pipeline::load_async(
+        "llama-cpp",
+        common::config(512, 2).with_chat_template(&template),
+    )
+    .await
+    .expect("SmolLM2 loads");
+    let request = ask("Is 17 a prime number?")
+        .with_max_tokens(24)
+        .with_temperature(0.0);
+    let whole = pipeline.chat(request.clone()).await.unwrap();
+    let message = &whole.choices[0].message;
+    let reasoning = message.reasoning_content.clone().unwrap_or_default();
+    assert!(!reasoning.is_empty(), "{message:?}");
+    assert_eq!(
+        message.content, None,
+        "an unclosed reasoning is all reasoning"
+    );
+    let mut stream = pipeline
+        .chat_stream(request.streaming_with_usage())
+        .await
+        .unwrap();
+    let (mut streamed, mut content) = (String::new(), String::new());
+    while let Some(chunk) = stream.next().await {
+        for c in &chunk.unwrap().choices {
+            streamed.push_str(c.delta.reasoning_content.as_deref().unwrap_or(""));
+            content.push_str(c.delta.content.as_deref().unwrap_or(""));
+        }
+    }
+    assert_eq!(streamed, reasoning, "greedy: streamed equals whole");
+    assert_eq!(content, "", "no content deltas");
+}

@@ -7,6 +7,7 @@
 //! that each one sees the engine to itself and can check that it settles back to idle.
 
 mod lifecycle;
+mod python;
 mod structured;
 #[path = "../support/mod.rs"]
 mod support;

@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 
 use super::{EXCLUSIVE, QUEUE, SEQS, Served, TOKEN, start, support};
 
-static TOOLS_SERVER: LazyLock<Served> = LazyLock::new(|| {
+/// SmolLM2 with a template that declares tools (the Python client test uses it too).
+pub(crate) static TOOLS_SERVER: LazyLock<Served> = LazyLock::new(|| {
     let template = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/support/chatml-tools.jinja"

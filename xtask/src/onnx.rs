@@ -116,24 +116,11 @@ fn runtime() -> Result<PathBuf> {
 
 /// The exporter's Python: a virtual environment with the pinned packages.
 fn python() -> Result<PathBuf> {
-    let venv = onnx_dir().join("venv");
-    let python = venv.join("bin").join("python");
-    // The marker lists the packages installed; a changed list installs again.
-    let ready = venv.join(".llm-pipeline-ready");
-    let wanted = EXPORTER_PACKAGES.join("\n");
-    if std::fs::read_to_string(&ready).is_ok_and(|have| have == wanted) {
-        return Ok(python);
-    }
-    eprintln!(
-        "creating the exporter's virtual environment in {}",
-        venv.display()
-    );
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet"])
-        .args(EXPORTER_PACKAGES))?;
-    std::fs::write(&ready, wanted)?;
-    Ok(python)
+    crate::venv_python(
+        &onnx_dir().join("venv"),
+        &EXPORTER_PACKAGES,
+        "the exporter's",
+    )
 }
 
 /// Runs the exporter into `name` unless that directory already holds every one of `files`;

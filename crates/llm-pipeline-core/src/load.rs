@@ -399,17 +399,17 @@ where
         .chat_template(&tokenizer, config.chat_template.as_deref())?
         .map(Arc::new);
     let engine = Engine::start(open, Arc::clone(&tokenizer), EngineLimits::from(config))?;
-    let tool_format = config.tool_call_parser.unwrap_or_else(|| {
-        template
-            .as_ref()
-            .map_or(ToolFormat::Json, |t| ToolFormat::detect(&t.source()))
-    });
+    let source = template.as_ref().map(|t| t.source()).unwrap_or_default();
+    let tool_format = config
+        .tool_call_parser
+        .unwrap_or_else(|| ToolFormat::detect(&source));
     let assets = ModelAssets {
         model_id: crate::model::served_name(&config.model_id),
         tokenizer,
         template,
         defaults: files.sampling_defaults()?,
         tool_format,
+        thinks: crate::structured::reasoning::thinks(&source),
     };
     Ok(EnginePipeline::new(engine, assets, config.prices))
 }

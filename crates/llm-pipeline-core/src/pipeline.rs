@@ -20,7 +20,9 @@ use crate::openai::{
     ToolCallDelta, TopLogprob, Usage,
 };
 use crate::pricing::{Price, PriceTable};
-use crate::structured::tools::{ToolCallStream, ToolChoice, ToolFormat, ToolStreamItem};
+use crate::structured::answer::{AnswerPart, AnswerStream};
+use crate::structured::reasoning::THINK_OPEN;
+use crate::structured::tools::{ToolChoice, ToolFormat};
 use crate::structured::{Constraint, Grammar, Grammars};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
@@ -203,6 +205,9 @@ pub struct ModelAssets {
     pub defaults: SamplingDefaults,
     /// How the model writes tool calls (`TOOL_CALL_PARSER`, or what its template teaches).
     pub tool_format: ToolFormat,
+    /// Whether the model thinks first (`<think>…</think>`, as its template teaches): its
+    /// reasoning is then returned apart, as `reasoning_content`.
+    pub thinks: bool,
 }
 
 /// The pricing figures of one request, as exact rationals.
@@ -234,12 +239,20 @@ struct Prepared {
     quote: Price,
     /// The format answers are parsed in for tool calls, when the request may call tools.
     tool_format: Option<ToolFormat>,
+    /// For a model that thinks: whether the prompt opened its reasoning.
+    reasoning: Option<bool>,
 }
 
 impl EnginePipeline {
     /// A pipeline over a started engine.
     pub fn new(engine: Engine, assets: ModelAssets, prices: PriceTable) -> Self {
         let grammars = Arc::new(Grammars::new(Arc::clone(&assets.tokenizer)));
+        // The vocabulary's trie takes 0.1 s (49k tokens) to 0.5 s (262k): built now, beside
+        // serving, so that the first structured request does not wait for it.
+        let warming = Arc::clone(&grammars);
+        let _ = std::thread::Builder::new()
+            .name("llm-grammars".into())
+            .spawn(move || warming.prepare());
         Self {
             engine,
             assets,
@@ -273,7 +286,7 @@ impl EnginePipeline {
     /// As [`Pipeline::chat`].
     pub async fn prompt_tokens(&self, request: &ChatCompletionRequest) -> Result<Vec<u32>> {
         let generation = validation::validate(request, &self.limits())?;
-        self.tokenize(&generation).await
+        Ok(self.tokenize(&generation).await?.0)
     }
 
     fn limits(&self) -> ModelLimits {
@@ -284,7 +297,9 @@ impl EnginePipeline {
         }
     }
 
-    async fn tokenize(&self, generation: &GenerationRequest) -> Result<Vec<u32>> {
+    /// The prompt's tokens, and whether the prompt ends inside the model's reasoning (a
+    /// template that opens `<think>` for it).
+    async fn tokenize(&self, generation: &GenerationRequest) -> Result<(Vec<u32>, bool)> {
         let template = self.assets.template.clone().ok_or_else(|| {
             Error::validation(
                 "messages",
@@ -334,7 +349,8 @@ impl EnginePipeline {
                     from += at + m.content.len();
                 }
             }
-            tokenizer.encode_chat(&text, &data)
+            let opened = text.trim_end().ends_with(THINK_OPEN);
+            Ok((tokenizer.encode_chat(&text, &data)?, opened))
         })
         .await
         .map_err(|e| Error::backend("the tokenizer task failed", e))?
@@ -382,7 +398,7 @@ impl EnginePipeline {
             Some((grammar, Some(trigger))) => Some(self.compile(grammar).await?.after(trigger)),
             None => None,
         };
-        let prompt = self.tokenize(&generation).await?;
+        let (prompt, opened) = self.tokenize(&generation).await?;
         let max_model_len = self.engine.limits().max_model_len;
         let room = max_model_len.saturating_sub(prompt.len() as u32);
         let max_tokens = generation.max_tokens.unwrap_or(room).min(room.max(1));
@@ -410,6 +426,7 @@ impl EnginePipeline {
             receivers,
             quote,
             tool_format,
+            reasoning: self.assets.thinks.then_some(opened),
         };
         Ok((prepared, generation))
     }
@@ -517,22 +534,26 @@ impl Pipeline for EnginePipeline {
             completion_tokens += answer.completion_tokens;
             // The choices share one prompt; report the most of it any of them found cached.
             cached_tokens = cached_tokens.max(answer.cached_tokens);
-            let (content, calls) = match prepared.tool_format {
-                Some(format) => format.parse(&answer.text),
-                None => (answer.text, Vec::new()),
-            };
-            let (message, reason) = if calls.is_empty() {
-                (AssistantMessage::new(content), answer.reason)
+            let split =
+                AnswerStream::new(prepared.reasoning, prepared.tool_format).split(&answer.text);
+            let (mut message, reason) = if split.calls.is_empty() {
+                let mut message = AssistantMessage::new(split.content);
+                if !split.reasoning.is_empty() && message.content.as_deref() == Some("") {
+                    message.content = None;
+                }
+                (message, answer.reason)
             } else {
-                let calls = calls
+                let calls = split
+                    .calls
                     .into_iter()
                     .map(|c| ToolCall::new(c.name, c.arguments))
                     .collect();
                 (
-                    AssistantMessage::calling(&content, calls),
+                    AssistantMessage::calling(&split.content, calls),
                     called(answer.reason),
                 )
             };
+            message.reasoning_content = (!split.reasoning.is_empty()).then_some(split.reasoning);
             completion.choices.push(Choice {
                 index: index as u32,
                 message,
@@ -563,8 +584,8 @@ impl Pipeline for EnginePipeline {
                     rx,
                 },
             )),
-            tool_streams: (0..generation.n)
-                .map(|_| prepared.tool_format.map(ToolCallStream::new))
+            splitters: (0..generation.n)
+                .map(|_| AnswerStream::new(prepared.reasoning, prepared.tool_format))
                 .collect(),
             called: vec![false; generation.n as usize],
             open: generation.n as usize,
@@ -632,8 +653,8 @@ struct StreamState {
     pipeline: EnginePipeline,
     template: ChatCompletionChunk,
     events: stream::SelectAll<Tagged>,
-    /// Per choice: the tool-call splitter, when the request may call tools.
-    tool_streams: Vec<Option<ToolCallStream>>,
+    /// Per choice: what splits its text into reasoning, content and tool calls.
+    splitters: Vec<AnswerStream>,
     /// Per choice: whether it called a tool.
     called: Vec<bool>,
     open: usize,
@@ -646,14 +667,15 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// The deltas of what a choice's tool-call splitter released: text as it is, each call as
-    /// its head (id, name) and then its arguments.
-    fn deltas(&mut self, index: u32, items: Vec<ToolStreamItem>) -> Vec<Delta> {
-        let mut deltas = Vec::with_capacity(items.len());
-        for item in items {
-            match item {
-                ToolStreamItem::Text(text) => deltas.push(Delta::text(text)),
-                ToolStreamItem::Call { index: nth, call } => {
+    /// The deltas of what a choice's splitter released: reasoning and text as they are, each
+    /// call as its head (id, name) and then its arguments.
+    fn deltas(&mut self, index: u32, parts: Vec<AnswerPart>) -> Vec<Delta> {
+        let mut deltas = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                AnswerPart::Reasoning(text) => deltas.push(Delta::reasoning(text)),
+                AnswerPart::Content(text) => deltas.push(Delta::text(text)),
+                AnswerPart::Call { index: nth, call } => {
                     self.called[index as usize] = true;
                     let call = ToolCall::new(call.name, call.arguments);
                     let [head, arguments] = ToolCallDelta::pieces(nth, &call);
@@ -686,13 +708,16 @@ impl StreamState {
         match event {
             Event::Token(t) => {
                 let logprobs = self.pipeline.logprobs(&t);
-                let mut deltas = match &mut self.tool_streams[index as usize] {
-                    Some(tools) => {
-                        let items = tools.push(&t.text);
-                        self.deltas(index, items)
+                let splitter = &mut self.splitters[index as usize];
+                let mut deltas = if splitter.is_plain() {
+                    if t.text.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Delta::text(t.text)]
                     }
-                    None if t.text.is_empty() => Vec::new(),
-                    None => vec![Delta::text(t.text)],
+                } else {
+                    let parts = splitter.push(&t.text);
+                    self.deltas(index, parts)
                 };
                 if deltas.is_empty() && logprobs.is_some() {
                     deltas.push(Delta::text(""));
@@ -712,11 +737,9 @@ impl StreamState {
                 self.cached_tokens = self.cached_tokens.max(f.cached_tokens);
                 self.open -= 1;
                 let mut out: Vec<Result<ChatCompletionChunk>> = Vec::new();
-                if let Some(tools) = &mut self.tool_streams[index as usize] {
-                    let items = tools.finish();
-                    for delta in self.deltas(index, items) {
-                        out.push(Ok(self.chunk(ChunkChoice::new(index, delta))));
-                    }
+                let parts = self.splitters[index as usize].finish();
+                for delta in self.deltas(index, parts) {
+                    out.push(Ok(self.chunk(ChunkChoice::new(index, delta))));
                 }
                 let reason = if self.called[index as usize] {
                     called(f.reason)

@@ -41,6 +41,9 @@ pub const FAULTS_BEFORE_ERROR: u32 = 3;
 pub const MAX_LOSSES: u8 = 2;
 /// A second backend panic within this time breaks the engine for good.
 pub const PANIC_WINDOW: Duration = Duration::from_secs(60);
+/// The fewest grammar masks in one step that are computed beside the backend's forward step
+/// rather than before it.
+const MASKS_BESIDE: usize = 4;
 /// The engine thread's name (panics on it are logged by the engine, with their backtrace).
 const THREAD_NAME: &str = "llm-engine";
 
@@ -582,7 +585,9 @@ impl<B: Backend> Actor<B> {
         let order = self.locate(&plan.chunks);
         self.logits.clear();
         // The grammar masks of the tokens this step samples depend only on the tokens so far:
-        // they are computed on another thread while the backend computes the logits.
+        // with several of them, they are computed on another thread while the backend computes
+        // the logits; a few (about 10 µs each) are cheaper here than a thread started beside a
+        // backend that keeps every core busy.
         let mut masking: Vec<(usize, Box<Constraint>)> = order
             .iter()
             .filter_map(|&(i, len)| {
@@ -595,8 +600,12 @@ impl<B: Backend> Actor<B> {
             })
             .collect();
         let result = std::thread::scope(|scope| {
-            let masks = (!masking.is_empty())
-                .then(|| scope.spawn(|| masking.iter_mut().for_each(|(_, c)| c.prepare())));
+            let masks = if masking.len() >= MASKS_BESIDE {
+                Some(scope.spawn(|| masking.iter_mut().for_each(|(_, c)| c.prepare())))
+            } else {
+                masking.iter_mut().for_each(|(_, c)| c.prepare());
+                None
+            };
             let batch: Vec<BatchEntry<'_>> = order
                 .iter()
                 .map(|&(i, len)| self.running[i].entry(len))

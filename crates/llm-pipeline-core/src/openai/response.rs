@@ -82,6 +82,9 @@ pub struct AssistantMessage {
     /// The tools the model called, when it called any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
+    /// A reasoning model's reasoning (the text between its thinking tags), when it wrote any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl AssistantMessage {
@@ -91,6 +94,7 @@ impl AssistantMessage {
             role: Role::Assistant,
             content: Some(content.into()),
             tool_calls: None,
+            reasoning_content: None,
         }
     }
 
@@ -100,6 +104,7 @@ impl AssistantMessage {
             role: Role::Assistant,
             content: (!content.trim().is_empty()).then(|| content.to_owned()),
             tool_calls: Some(calls),
+            reasoning_content: None,
         }
     }
 }
@@ -243,6 +248,9 @@ pub struct Delta {
     /// Pieces of tool calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// New reasoning text, for a reasoning model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl Delta {
@@ -253,6 +261,7 @@ impl Delta {
             role: Some(Role::Assistant),
             content: Some(String::new()),
             tool_calls: None,
+            reasoning_content: None,
         }
     }
 
@@ -262,15 +271,23 @@ impl Delta {
             role: None,
             content: Some(content.into()),
             tool_calls: None,
+            reasoning_content: None,
         }
     }
 
     /// A delta with pieces of tool calls.
     pub fn calls(pieces: Vec<ToolCallDelta>) -> Self {
         Self {
-            role: None,
-            content: None,
             tool_calls: Some(pieces),
+            ..Self::default()
+        }
+    }
+
+    /// A delta with new reasoning text.
+    pub fn reasoning(text: impl Into<String>) -> Self {
+        Self {
+            reasoning_content: Some(text.into()),
+            ..Self::default()
         }
     }
 }

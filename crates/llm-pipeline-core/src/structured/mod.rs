@@ -9,7 +9,7 @@
 //! The grammar engine is `llguidance` (an Earley parser over a lexer of derivative regexes, the
 //! engine behind vLLM's and SGLang's `guidance` backend); [`vocab`] spells our vocabulary as the
 //! bytes it needs. [`Grammars`] holds what a model's grammars share (the vocabulary's trie and
-//! the parser factory, built on the first structured request: about 0.1 s for 49k tokens) and
+//! the parser factory: about 0.1 s for 49k tokens, built in the background after loading) and
 //! compiles a [`Grammar`] into a [`Constraint`], refusing a schema it cannot compile with the
 //! reason, before anything is generated.
 //!
@@ -17,6 +17,8 @@
 //! until the text reaches a trigger (the family's tool-call marker), then enforces its grammar
 //! from there on.
 
+pub mod answer;
+pub mod reasoning;
 pub mod tools;
 mod vocab;
 
@@ -94,6 +96,14 @@ impl Grammars {
         Self {
             tokenizer,
             factory: OnceLock::new(),
+        }
+    }
+
+    /// Builds the trie and the parser factory now (on the calling thread) rather than on the
+    /// first structured request; the pipeline calls it on a thread of its own after loading.
+    pub fn prepare(&self) {
+        if let Err(e) = self.factory() {
+            tracing::warn!(error = %e, "structured output is unavailable for this vocabulary");
         }
     }
 

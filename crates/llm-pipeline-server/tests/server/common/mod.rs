@@ -99,6 +99,7 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
         }),
         defaults: Default::default(),
         tool_format: llm_pipeline_core::structured::tools::ToolFormat::Hermes,
+        thinks: false,
     };
     let prices = PriceTable {
         price_per_unit: 3,
