@@ -137,7 +137,15 @@ impl Sequence {
                 }
             };
             if let Some(constraint) = &mut self.constraint {
-                if let Err(e) = constraint.commit(token, piece.as_deref().unwrap_or("")) {
+                // A special token decodes to nothing, but may be the trigger of an armed
+                // grammar (Mistral's `[TOOL_CALLS]`): the constraint sees its text.
+                let special = piece
+                    .as_deref()
+                    .is_none_or(str::is_empty)
+                    .then(|| tokenizer.added_token_text(token))
+                    .flatten();
+                let seen = special.as_deref().or(piece.as_deref()).unwrap_or("");
+                if let Err(e) = constraint.commit(token, seen) {
                     tracing::error!(seq = self.id, error = %e, "cannot constrain the output");
                     self.fail(&e.to_string());
                     return StepOutcome::Finished;

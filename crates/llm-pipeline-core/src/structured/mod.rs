@@ -7,7 +7,7 @@
 //! sampler to whatever logits the backend produced.
 //!
 //! The grammar engine is `llguidance` (an Earley parser over a lexer of derivative regexes, the
-//! engine behind vLLM's and SGLang's `guidance` backend); [`vocab`] spells our vocabulary as the
+//! engine behind vLLM's and SGLang's `guidance` backend); `vocab.rs` spells our vocabulary as the
 //! bytes it needs. [`Grammars`] holds what a model's grammars share (the vocabulary's trie and
 //! the parser factory: about 0.1 s for 49k tokens, built in the background after loading) and
 //! compiles a [`Grammar`] into a [`Constraint`], refusing a schema it cannot compile with the

@@ -16,8 +16,8 @@
 //! The format is chosen from the chat template ([`ToolFormat::detect`]) unless the operator names
 //! one (`TOOL_CALL_PARSER`). With `tool_choice: required` or a named function the whole answer
 //! is constrained to calls of the declared tools with arguments valid against their `parameters`
-//! schema; with `auto` the Hermes format is constrained from its `<tool_call>` marker on, and the
-//! others are parsed when the answer starts like a call.
+//! schema; with `auto` the Hermes and Mistral formats are constrained from their marker on
+//! (`<tool_call>`, `[TOOL_CALLS]`), and the others are parsed when the answer starts like a call.
 
 use std::fmt;
 
@@ -166,7 +166,7 @@ impl ToolFormat {
                  call: \"{HERMES_OPEN}\\n\" %json {call} \"\\n{HERMES_CLOSE}\"\n",
                 if parallel { " (\"\\n\" call)*" } else { "" }
             ),
-            _ if auto => return None,
+            Self::Llama3Json | Self::Json if auto => return None,
             Self::Llama3Json => format!(
                 "start: call{}\ncall: %json {call}\n",
                 if parallel { " (\"; \" call)*" } else { "" }
@@ -179,10 +179,19 @@ impl ToolFormat {
                 let array = serde_json::to_string(&json_schema_of(&array))
                     .expect("JSON")
                     .replacen("{}", &call, 1);
-                format!("start: %json {array}\n")
+                if auto {
+                    // After the marker, which the model writes as one special token.
+                    format!("start: WS? calls\ncalls: %json {array}\nWS: /[ \\t\\n]+/\n")
+                } else {
+                    format!("start: %json {array}\n")
+                }
             }
         };
-        let trigger = (auto && self == Self::Hermes).then_some(HERMES_OPEN);
+        let trigger = match self {
+            _ if !auto => None,
+            Self::Hermes => Some(HERMES_OPEN),
+            _ => Some(MISTRAL_MARKER),
+        };
         Some((Grammar::Lark(lark), trigger))
     }
 

@@ -330,15 +330,23 @@ impl Tokenizer {
     /// not a whole character become U+FFFD), with a leading space kept. `None` for ids outside
     /// the vocabulary.
     pub fn token_text(&self, id: u32) -> Option<String> {
-        let inner = &self.shared.inner;
-        if let Some(added) = inner.get_added_vocabulary().simple_id_to_token(id) {
+        if let Some(added) = self.added_token_text(id) {
             return Some(added);
         }
+        let inner = &self.shared.inner;
         let token = inner.id_to_token(id)?;
         match &self.shared.piece_decoder {
             Some(decoder) => decoder.decode(vec![token]).ok(),
             None => Some(token),
         }
+    }
+
+    /// The text of `id` if it is an added token (special or user-defined), as written.
+    pub fn added_token_text(&self, id: u32) -> Option<String> {
+        self.shared
+            .inner
+            .get_added_vocabulary()
+            .simple_id_to_token(id)
     }
 
     /// The number of token ids (the highest id plus one).

@@ -218,17 +218,42 @@ fn required_and_named_grammars_yield_valid_calls_in_every_format() {
             }
         }
     }
-    // `auto` is armed at Hermes' marker and left free in the others; `none` enforces nothing.
+    // `auto` is armed at the Hermes and Mistral markers and left free in the formats without
+    // one; `none` enforces nothing.
     let auto = weather_tools(ToolChoice::Auto, true);
     assert_eq!(
         ToolFormat::Hermes.grammar(&auto).unwrap().1,
         Some("<tool_call>")
     );
+    assert_eq!(
+        ToolFormat::Mistral.grammar(&auto).unwrap().1,
+        Some("[TOOL_CALLS]")
+    );
     assert_eq!(ToolFormat::Json.grammar(&auto), None);
+    assert_eq!(ToolFormat::Llama3Json.grammar(&auto), None);
     assert_eq!(
         ToolFormat::Hermes.grammar(&weather_tools(ToolChoice::None, true)),
         None
     );
+}
+
+#[test]
+fn the_armed_mistral_grammar_completes_calls_after_its_special_token() {
+    let meta = GgufMetadata::from_path(testing::smollm2()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
+    let grammars = Grammars::new(Arc::new(tokenizer.clone()));
+    let (grammar, trigger) = ToolFormat::Mistral
+        .grammar(&weather_tools(ToolChoice::Auto, false))
+        .unwrap();
+    let mut constraint = grammars.compile(&grammar).unwrap().after(trigger.unwrap());
+    // The marker arrives as one token whose text the engine passes on.
+    constraint.commit(0, "[TOOL_CALLS]").unwrap();
+    assert!(constraint.is_active());
+    let text = walk(&tokenizer, &mut constraint);
+    // The detokenizer drops the special token from the answer; the calls still parse.
+    let (content, calls) = ToolFormat::Mistral.parse(&text);
+    assert_eq!(content, "", "{text}");
+    assert_eq!(calls.len(), 1, "{text}");
 }
 
 #[test]
