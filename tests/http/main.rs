@@ -81,9 +81,14 @@ fn start(config: llm_pipeline::core::config::PipelineConfig) -> Served {
 static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn client() -> Client<OpenAIConfig> {
+    client_of(&SERVER)
+}
+
+/// An OpenAI client of `served`, with the bearer token.
+fn client_of(served: &Served) -> Client<OpenAIConfig> {
     Client::with_config(
         OpenAIConfig::new()
-            .with_api_base(format!("http://{}/v1", SERVER.addr))
+            .with_api_base(format!("http://{}/v1", served.addr))
             .with_api_key(TOKEN),
     )
 }
@@ -175,9 +180,14 @@ async fn stream_chat(request: CreateChatCompletionRequest) -> Streamed {
 /// The engine's counters once it has nothing running or waiting (panics after a minute). Async,
 /// so that the client's own tasks (async-openai reads streams on spawned tasks) keep running.
 async fn settled() -> EngineStats {
+    settled_on(&SERVER).await
+}
+
+/// [`settled`] for the engine of `served`.
+async fn settled_on(served: &Served) -> EngineStats {
     let start = Instant::now();
     loop {
-        let stats = SERVER.pipeline.engine().stats();
+        let stats = served.pipeline.engine().stats();
         if stats.running == 0 && stats.waiting == 0 && stats.in_flight == 0 {
             return stats;
         }

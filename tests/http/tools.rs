@@ -17,7 +17,7 @@ use futures::StreamExt;
 use llm_pipeline::core::openai::ChatCompletionRequest;
 use serde_json::{Value, json};
 
-use super::{EXCLUSIVE, QUEUE, SEQS, Served, TOKEN, start, support};
+use super::{EXCLUSIVE, QUEUE, SEQS, Served, start, support};
 
 /// SmolLM2 with a template that declares tools (the Python client test uses it too).
 pub(crate) static TOOLS_SERVER: LazyLock<Served> = LazyLock::new(|| {
@@ -33,11 +33,7 @@ pub(crate) static TOOLS_SERVER: LazyLock<Served> = LazyLock::new(|| {
 });
 
 fn client() -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(format!("http://{}/v1", TOOLS_SERVER.addr))
-            .with_api_key(TOKEN),
-    )
+    super::client_of(&TOOLS_SERVER)
 }
 
 fn weather_parameters() -> Value {
@@ -111,11 +107,7 @@ fn assert_valid_weather(arguments: &Value) {
 }
 
 async fn settled() {
-    let start = std::time::Instant::now();
-    while TOOLS_SERVER.pipeline.engine().stats().in_flight > 0 {
-        assert!(start.elapsed().as_secs() < 60, "the engine did not settle");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    super::settled_on(&TOOLS_SERVER).await;
 }
 
 #[tokio::test]

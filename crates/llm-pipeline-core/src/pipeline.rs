@@ -587,7 +587,6 @@ impl Pipeline for EnginePipeline {
             splitters: (0..generation.n)
                 .map(|_| AnswerStream::new(prepared.reasoning, prepared.tool_format))
                 .collect(),
-            called: vec![false; generation.n as usize],
             open: generation.n as usize,
             prompt_tokens: prepared.prompt_tokens,
             completion_tokens: 0,
@@ -655,8 +654,6 @@ struct StreamState {
     events: stream::SelectAll<Tagged>,
     /// Per choice: what splits its text into reasoning, content and tool calls.
     splitters: Vec<AnswerStream>,
-    /// Per choice: whether it called a tool.
-    called: Vec<bool>,
     open: usize,
     prompt_tokens: u32,
     completion_tokens: u32,
@@ -669,14 +666,13 @@ struct StreamState {
 impl StreamState {
     /// The deltas of what a choice's splitter released: reasoning and text as they are, each
     /// call as its head (id, name) and then its arguments.
-    fn deltas(&mut self, index: u32, parts: Vec<AnswerPart>) -> Vec<Delta> {
+    fn deltas(parts: Vec<AnswerPart>) -> Vec<Delta> {
         let mut deltas = Vec::with_capacity(parts.len());
         for part in parts {
             match part {
                 AnswerPart::Reasoning(text) => deltas.push(Delta::reasoning(text)),
                 AnswerPart::Content(text) => deltas.push(Delta::text(text)),
                 AnswerPart::Call { index: nth, call } => {
-                    self.called[index as usize] = true;
                     let call = ToolCall::new(call.name, call.arguments);
                     let [head, arguments] = ToolCallDelta::pieces(nth, &call);
                     deltas.push(Delta::calls(vec![head]));
@@ -716,8 +712,7 @@ impl StreamState {
                         vec![Delta::text(t.text)]
                     }
                 } else {
-                    let parts = splitter.push(&t.text);
-                    self.deltas(index, parts)
+                    Self::deltas(splitter.push(&t.text))
                 };
                 if deltas.is_empty() && logprobs.is_some() {
                     deltas.push(Delta::text(""));
@@ -737,15 +732,16 @@ impl StreamState {
                 self.cached_tokens = self.cached_tokens.max(f.cached_tokens);
                 self.open -= 1;
                 let mut out: Vec<Result<ChatCompletionChunk>> = Vec::new();
-                let parts = self.splitters[index as usize].finish();
-                for delta in self.deltas(index, parts) {
-                    out.push(Ok(self.chunk(ChunkChoice::new(index, delta))));
-                }
-                let reason = if self.called[index as usize] {
+                let splitter = &mut self.splitters[index as usize];
+                let deltas = Self::deltas(splitter.finish());
+                let reason = if splitter.has_called() {
                     called(f.reason)
                 } else {
                     f.reason
                 };
+                for delta in deltas {
+                    out.push(Ok(self.chunk(ChunkChoice::new(index, delta))));
+                }
                 let mut last = self
                     .chunk(ChunkChoice::new(index, Delta::default()).with_finish_reason(reason));
                 if self.open > 0 {

@@ -54,6 +54,11 @@ impl AnswerStream {
         self.reasoning.is_none() && self.tools.is_none()
     }
 
+    /// Whether the answer has released a tool call.
+    pub fn has_called(&self) -> bool {
+        self.tools.as_ref().is_some_and(ToolCallStream::has_called)
+    }
+
     /// Feeds the next piece of text; returns what it releases.
     pub fn push(&mut self, text: &str) -> Vec<AnswerPart> {
         let items = match &mut self.reasoning {

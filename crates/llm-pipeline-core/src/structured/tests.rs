@@ -7,7 +7,8 @@ use crate::gguf::GgufMetadata;
 use crate::testing;
 use crate::tokenizer::SkipSpecial;
 
-fn tokenizer(path: std::path::PathBuf) -> Arc<Tokenizer> {
+/// The tokenizer of the GGUF at `path`.
+pub(super) fn tokenizer(path: std::path::PathBuf) -> Arc<Tokenizer> {
     Arc::new(Tokenizer::from_gguf(&GgufMetadata::from_path(path).unwrap()).unwrap())
 }
 

@@ -345,6 +345,11 @@ impl ToolCallStream {
         }
     }
 
+    /// Whether it has released a call.
+    pub fn has_called(&self) -> bool {
+        self.calls > 0
+    }
+
     /// Feeds the next piece of text; returns what it releases.
     pub fn push(&mut self, text: &str) -> Vec<ToolStreamItem> {
         self.held.push_str(text);

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::is_function_name;
+use super::{is_function_name, is_set};
 use crate::openai::ChatCompletionRequest;
 use crate::structured::tools::{Tool, ToolChoice, ToolUse};
 use crate::{Error, Result};
@@ -228,8 +228,4 @@ pub(super) fn message_calls(i: usize, calls: Option<&Value>) -> Result<Vec<Promp
             })
         })
         .collect()
-}
-
-fn is_set(v: &Option<Value>) -> bool {
-    v.as_ref().is_some_and(|v| !v.is_null())
 }

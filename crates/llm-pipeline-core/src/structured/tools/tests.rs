@@ -8,9 +8,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::*;
-use crate::gguf::GgufMetadata;
 use crate::structured::Grammars;
-use crate::structured::tests::walk;
+use crate::structured::tests::{tokenizer, walk};
 use crate::testing;
 use crate::tokenizer::Tokenizer;
 
@@ -188,15 +187,14 @@ fn weather_tools(choice: ToolChoice, parallel: bool) -> ToolUse {
 }
 
 /// The text of a walk through `grammar` (see [`walk`]).
-fn walk_grammar(tokenizer: &Tokenizer, grammar: &Grammar) -> String {
-    let grammars = Grammars::new(Arc::new(tokenizer.clone()));
+fn walk_grammar(tokenizer: &Arc<Tokenizer>, grammar: &Grammar) -> String {
+    let grammars = Grammars::new(Arc::clone(tokenizer));
     walk(tokenizer, &mut grammars.compile(grammar).unwrap())
 }
 
 #[test]
 fn required_and_named_grammars_yield_valid_calls_in_every_format() {
-    let meta = GgufMetadata::from_path(testing::smollm2()).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
+    let tokenizer = tokenizer(testing::smollm2());
     for (_, format) in ToolFormat::ALL {
         for (choice, names) in [
             (ToolChoice::Required, &["get_weather", "get_time"][..]),
@@ -239,9 +237,8 @@ fn required_and_named_grammars_yield_valid_calls_in_every_format() {
 
 #[test]
 fn the_armed_mistral_grammar_completes_calls_after_its_special_token() {
-    let meta = GgufMetadata::from_path(testing::smollm2()).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
-    let grammars = Grammars::new(Arc::new(tokenizer.clone()));
+    let tokenizer = tokenizer(testing::smollm2());
+    let grammars = Grammars::new(Arc::clone(&tokenizer));
     let (grammar, trigger) = ToolFormat::Mistral
         .grammar(&weather_tools(ToolChoice::Auto, false))
         .unwrap();
@@ -258,9 +255,8 @@ fn the_armed_mistral_grammar_completes_calls_after_its_special_token() {
 
 #[test]
 fn the_armed_hermes_grammar_completes_calls_after_the_marker() {
-    let meta = GgufMetadata::from_path(testing::smollm2()).unwrap();
-    let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
-    let grammars = Grammars::new(Arc::new(tokenizer.clone()));
+    let tokenizer = tokenizer(testing::smollm2());
+    let grammars = Grammars::new(Arc::clone(&tokenizer));
     let (grammar, trigger) = ToolFormat::Hermes
         .grammar(&weather_tools(ToolChoice::Auto, false))
         .unwrap();
