@@ -1,41 +1,10 @@
-//! The `serve` example as operators run it, a process of its own: it answers `/health` with
-//! `LOADING` while the model is still downloading, and SIGTERM stops it at once even then.
+//! `llm-pipeline serve`, a process of its own: it answers `/health` with `LOADING` while the
+//! model is still downloading, and SIGTERM stops it at once even then.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `serve` example that `cargo test` builds beside this test binary.
-fn serve_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = profile.join("examples").join("serve");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo xtask test`, which builds the examples",
-        bin.display()
-    );
-    bin
-}
-
-/// A port nothing listens on.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a local port")
-        .port()
-}
-
-async fn health(port: u16) -> Option<String> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
-        .await
-        .ok()?;
-    let body: serde_json::Value = response.json().await.ok()?;
-    body["status"].as_str().map(str::to_owned)
-}
+use crate::program::{free_port, health, program};
 
 #[tokio::test]
 async fn sigterm_during_a_stalled_download_exits_at_once() {
@@ -48,8 +17,15 @@ async fn sigterm_during_a_stalled_download_exits_at_once() {
     });
     let models = llm_pipeline::core::testing::scratch_dir("serve-sigterm");
     let port = free_port();
-    let mut child = Command::new(serve_binary())
-        .args(["--model", "stalled/model", "--host", "127.0.0.1", "--port"])
+    let mut child = Command::new(program())
+        .args([
+            "serve",
+            "--model",
+            "stalled/model",
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
         .arg(port.to_string())
         .env("HF_ENDPOINT", format!("http://{hub_addr}"))
         .env("MODEL_DIR", &models)
@@ -59,7 +35,7 @@ async fn sigterm_during_a_stalled_download_exits_at_once() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("the serve example starts");
+        .expect("the program starts");
 
     // It answers while the download hangs.
     let started = Instant::now();

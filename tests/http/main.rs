@@ -1,12 +1,16 @@
 //! The server on a real socket with SmolLM2: the `async-openai` client, the Livepeer `/llm`
 //! protocol, concurrency beyond `MAX_NUM_SEQS`, disconnects and a burst beyond the queue; and
-//! the `serve` example as a process of its own ([`lifecycle`]).
+//! the `llm-pipeline` program as a process of its own ([`lifecycle`], [`program`]), behind a
+//! mock Livepeer orchestrator ([`orchestrator`]).
 //!
 //! One server (4 sequence slots, a queue of 32, so 36 requests in flight at most) runs on its
 //! own runtime thread for the whole binary; the tests take turns on it through [`EXCLUSIVE`] so
 //! that each one sees the engine to itself and can check that it settles back to idle.
 
+mod go_livepeer;
 mod lifecycle;
+mod orchestrator;
+mod program;
 mod python;
 mod structured;
 #[path = "../support/mod.rs"]
@@ -91,6 +95,32 @@ fn client_of(served: &Served) -> Client<OpenAIConfig> {
             .with_api_base(format!("http://{}/v1", served.addr))
             .with_api_key(TOKEN),
     )
+}
+
+/// Sends a request and reads its answer as JSON, for tests that expect both to work.
+trait JsonReply {
+    async fn json_reply(self) -> Value;
+    async fn text_reply(self) -> String;
+}
+
+impl JsonReply for reqwest::RequestBuilder {
+    async fn json_reply(self) -> Value {
+        self.send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    async fn text_reply(self) -> String {
+        self.send()
+            .await
+            .expect("the server answers")
+            .text()
+            .await
+            .expect("a body")
+    }
 }
 
 fn http() -> reqwest::Client {
@@ -203,12 +233,8 @@ async fn metric(name: &str) -> f64 {
     let text = http()
         .get(url("/metrics"))
         .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text_reply()
+        .await;
     text.lines()
         .find_map(|line| {
             let (key, value) = line.split_once(' ')?;
@@ -368,13 +394,18 @@ async fn the_livepeer_protocol_answers_whole_and_streamed() {
         "usage only at the end"
     );
 
-    // A model that is not the served one, and a wrong type: 400 with the field named.
+    // A model that is not the served one, and a wrong type: 400 with the field named, in
+    // Livepeer's error shape.
     let wrong = post_llm(&json!({"messages": messages, "model": "gpt-4"})).await;
     assert_eq!(wrong.status(), 400);
     let wrong: Value = wrong.json().await.unwrap();
-    assert_eq!(wrong["error"]["param"], "model", "{wrong}");
+    let msg = wrong["detail"]["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("model") && msg.contains("gpt-4"), "{wrong}");
     let typed = post_llm(&json!({"messages": messages, "max_tokens": "many"})).await;
     assert_eq!(typed.status(), 400);
+    let typed: Value = typed.json().await.unwrap();
+    let msg = typed["detail"]["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("max_tokens"), "{typed}");
     settled().await;
 }
 
@@ -528,15 +559,8 @@ async fn a_burst_beyond_the_queue_is_refused_at_once_and_the_server_stays_health
         );
     }
     settled().await;
-    let health: Value = http()
-        .get(url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health, json!({"status": "OK"}));
+    let health: Value = http().get(url("/health")).json_reply().await;
+    assert_eq!(health, json!({"status": "IDLE"}));
     let again = client()
         .chat()
         .create(greedy(&model, "What is the capital of France?", 8))

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 
 mod chart;
 mod cuda;
+mod dist;
 mod gpu;
 mod onnx;
 mod peers;
@@ -67,6 +68,11 @@ const TASKS: &[(&str, &str)] = &[
         "draw docs/serving.svg from a serving bench's JSON",
     ),
     (
+        "dist [--out DIR] [--features F]",
+        "build the llm-pipeline program in release and lay it out with llama.cpp's libraries \
+         as one relocatable folder (default target/dist/llm-pipeline)",
+    ),
+    (
         "build-env",
         "print `export` lines for the tools llama.cpp's build needs (cmake, libclang)",
     ),
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
                 .map_or_else(|| target_dir().join("serving.json"), PathBuf::from);
             chart::write(&json, &workspace_root().join("docs").join("serving.svg"))
         }
+        "dist" => dist::dist(rest),
         "build-env" => tools::print_build_env(),
         "cuda-env" => cuda::cuda_env(),
         "cuda-check" => cuda::cuda_check(rest),
@@ -296,7 +303,7 @@ fn client_python() -> Result<PathBuf> {
     )
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
@@ -305,7 +312,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// A cargo command in the workspace, with the native build tools on its path.
-fn cargo() -> Result<Command> {
+pub(crate) fn cargo() -> Result<Command> {
     remove_dangling_library_links();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root())
@@ -367,7 +374,15 @@ fn demo(args: &[String]) -> Result<()> {
     // The dev profile, as `cargo xtask test`: one llama.cpp build serves both (it is built as
     // Release whatever the profile, and dependencies are optimized in dev).
     run(cargo()?
-        .args(["run", "--quiet", "--example", "chat", "--", "--model"])
+        .args([
+            "run",
+            "--quiet",
+            "--bin",
+            "llm-pipeline",
+            "--",
+            "chat",
+            "--model",
+        ])
         .arg(&model)
         .args(["--system", DEMO_SYSTEM])
         .arg(prompt)
@@ -402,9 +417,6 @@ fn test(args: &[String]) -> Result<()> {
     let gemma = gemma3()?;
     let onnx = onnx::fixtures(&model)?;
     let python = client_python()?;
-    // The `serve` example as a program of its own, which the HTTP tests start (`cargo test`
-    // builds examples only as test harnesses).
-    run(cargo()?.args(["build", "--features", ALL_FEATURES, "--example", "serve"]))?;
     run(cargo()?
         .args([
             "test",

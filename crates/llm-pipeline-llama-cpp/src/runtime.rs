@@ -4,8 +4,9 @@
 //! the CPU kernels are chosen when the program starts, for the CPU it runs on, instead of when
 //! it is compiled: a binary built here runs with AVX-512 kernels on a server and with AVX2 ones
 //! on a laptop. ggml scores each `libggml-cpu-*.so` variant by the features the CPU reports and
-//! loads the best. The modules are looked up in `GGML_BACKENDS_DIR` (run time), else the
-//! directory the build wrote them to, else next to the executable.
+//! loads the best. The modules are looked up in `GGML_BACKENDS_DIR` (run time), else beside the
+//! executable (`../lib/llm-pipeline/`, then its own folder), else the directory the build wrote
+//! them to.
 //!
 //! We pick the CPU variant ourselves rather than with ggml's `ggml_backend_load_all`: ggml would
 //! pick `sapphirerapids` on any CPU that reports AMX, and its AMX kernels die with SIGILL at
@@ -63,13 +64,21 @@ pub fn runtime() -> Result<&'static Runtime, LlamaCppError> {
         })
 }
 
+/// The folder of the backend modules: `GGML_BACKENDS_DIR`, else the installed layout beside the
+/// program (`bin/llm-pipeline` with `lib/llm-pipeline/`, or the modules next to the program),
+/// else the folder the build wrote them to. An installed copy thus loads its own modules even
+/// where the build that made it still exists.
 fn backends_dir() -> Option<PathBuf> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
     let candidates = [
         std::env::var_os("GGML_BACKENDS_DIR").map(PathBuf::from),
+        exe_dir
+            .as_ref()
+            .map(|dir| dir.join("..").join("lib").join("llm-pipeline")),
+        exe_dir,
         llama_cpp_sys_2::BACKENDS_DIR.map(PathBuf::from),
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf)),
     ];
     candidates
         .into_iter()

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
-/// The path that never needs the token.
-pub(crate) const EXEMPT_PATH: &str = "/health";
+/// The paths that never need the token (ai-runner serves each route with and without a
+/// trailing slash).
+pub(crate) const EXEMPT_PATHS: [&str; 2] = ["/health", "/health/"];
 
 /// Lets the request through when it carries `Authorization: Bearer <token>`.
 pub(crate) async fn require_bearer(
@@ -22,24 +23,30 @@ pub(crate) async fn require_bearer(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == EXEMPT_PATH {
+    if EXEMPT_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
+    let livepeer = crate::livepeer::is_livepeer_path(request.uri().path());
+    let refuse = |error: ApiError| {
+        if livepeer {
+            error.into_livepeer_response()
+        } else {
+            error.into_response()
+        }
+    };
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
     match given {
-        None => ApiError::Unauthorized {
+        None => refuse(ApiError::Unauthorized {
             message: "Missing bearer token: send `Authorization: Bearer <AUTH_TOKEN>`.",
-        }
-        .into_response(),
+        }),
         Some(given) if !constant_time_eq(given.as_bytes(), token.as_bytes()) => {
-            ApiError::Unauthorized {
+            refuse(ApiError::Unauthorized {
                 message: "Incorrect API key provided.",
-            }
-            .into_response()
+            })
         }
         Some(_) => next.run(request).await,
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
@@ -28,10 +29,11 @@ use crate::state::{RequestTracker, ServerState};
 /// The handler.
 pub(crate) async fn completions<P: Pipeline + Clone + 'static>(
     State(state): State<ServerState<P>>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let pipeline = state.pipeline()?;
-    let mut tracker = state.track("/v1/chat/completions");
+    let mut tracker = state.track("/v1/chat/completions", &headers);
     if request.is_stream() {
         let client_usage = request.include_usage();
         let chunks = match pipeline.chat_stream(request.streaming_with_usage()).await {

@@ -147,6 +147,28 @@ pub(crate) fn log_internal(error: &dyn std::error::Error) {
     tracing::error!(error = %text, "internal error");
 }
 
+impl ApiError {
+    /// The response in the shape of Livepeer's runner, for `/llm`: `{"detail": {"msg": …}}`
+    /// (ai-runner's `HTTPError`, `runner/src/runner/routes/utils.py`), which go-livepeer's
+    /// worker parses for 400, 401 and 500 and passes on as "LLM container returned N: msg"
+    /// (`ai/worker/worker.go`, `handleNonStreamingResponse`). Status and headers are the
+    /// OpenAI response's.
+    /// The message names the field at fault, as the OpenAI body's `param` does.
+    pub fn into_livepeer_response(self) -> Response {
+        let error = self.body().error;
+        let message = match error.param {
+            Some(param) if !error.message.contains(param.as_str()) => {
+                format!("{param}: {}", error.message)
+            }
+            _ => error.message,
+        };
+        let mut response = self.into_response();
+        let body = serde_json::json!({"detail": {"msg": message}});
+        *response.body_mut() = axum::body::Body::from(body.to_string());
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

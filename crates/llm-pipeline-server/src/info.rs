@@ -1,8 +1,9 @@
 //! The endpoints that describe the server rather than generate: models, health, version,
 //! hardware, metrics, and the answers for unknown routes and methods.
 //!
-//! `/health` always answers 200 with `{"status": "OK" | "LOADING" | "ERROR"}`, as Livepeer's
-//! runner does, so that the orchestrator reads the status from the body. `/hardware/info` and
+//! `/health` always answers 200 with `{"status": "IDLE" | "OK" | "LOADING" | "ERROR"}` (JSON:
+//! go-livepeer reads the status only from a JSON body), as Livepeer's runner does, so that the
+//! orchestrator reads the status from the body. `/hardware/info` and
 //! `/hardware/stats` have Livepeer's shape, with GPU facts from NVML ([`crate::gpu`]) and empty
 //! maps on machines without NVIDIA's driver.
 
@@ -78,6 +79,10 @@ pub(crate) struct HardwareInfo {
     pipeline: String,
     model_id: String,
     gpu_info: BTreeMap<u32, GpuComputeInfo>,
+    /// Extension (go-livepeer reads the three fields above): the requests that run at once, in
+    /// one batch, once the model is loaded; the `capacity` to declare in `aiModels.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<u32>,
 }
 
 /// The body of `/hardware/stats`: GPU utilisation by device index (none without NVML).
@@ -106,6 +111,7 @@ pub(crate) async fn hardware_info<P: Pipeline + Clone + 'static>(
         pipeline: state.config().pipeline_name.clone(),
         model_id: state.model_id(),
         gpu_info: blocking(gpu::compute_info).await,
+        capacity: state.capacity(),
     })
 }
 

@@ -9,11 +9,13 @@
 //! | Route | |
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI chat completions, whole or SSE (`data: [DONE]` last) |
-//! | `POST /llm` | Livepeer's `LLMRequest` → `LLMResponse`, whole or SSE |
+//! | `POST /llm` | Livepeer's `LLMRequest` → `LLMResponse`, whole or SSE; errors `{"detail": {"msg"}}` |
 //! | `GET /v1/models` | the served model |
-//! | `GET /health` | `{"status": "OK" \| "LOADING" \| "ERROR"}`, never authenticated |
-//! | `GET /version` | `pipeline`, `model_id`, `version` |
-//! | `GET /hardware/info`, `/hardware/stats` | Livepeer's shapes, GPU facts from NVML (empty maps without a GPU) |
+//! | `GET /health` | `{"status": "IDLE" \| "OK" \| "LOADING" \| "ERROR"}`, never authenticated |
+//! | `GET /version` | `pipeline`, `model_id`, `version` (semver) |
+//! | `GET /hardware/info`, `/hardware/stats` | Livepeer's shapes, GPU facts from NVML (empty maps without a GPU); `capacity` |
+//!
+//! Livepeer's routes also answer with a trailing slash, as ai-runner's do.
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors everywhere are the OpenAI error body with the right status, made in one place
@@ -30,6 +32,7 @@ mod gpu;
 mod info;
 mod livepeer;
 mod metrics;
+pub mod register;
 mod state;
 
 use std::future::Future;
@@ -49,9 +52,9 @@ pub use config::{
     ServerConfig,
 };
 pub use error::ApiError;
-pub use livepeer::{LlmChoice, LlmMessage, LlmRequest, LlmResponse};
+pub use livepeer::{LlmChoice, LlmError, LlmMessage, LlmRequest, LlmResponse};
 pub use metrics::{Metrics, Outcome};
-pub use state::{Health, ServerState};
+pub use state::{Health, ROUTE_HEADER, ServerState};
 
 /// The router over `state`'s pipeline, with authentication (when configured), the body limit,
 /// the OpenAI error body for unknown routes and methods, and per-route status metrics.
@@ -62,13 +65,23 @@ where
     let config = state.config().clone();
     let mut app = Router::new()
         .route("/v1/chat/completions", post(chat::completions::<P>))
-        .route("/llm", post(livepeer::llm::<P>))
         .route("/v1/models", get(info::models::<P>))
-        .route(auth::EXEMPT_PATH, get(info::health::<P>))
-        .route("/version", get(info::version::<P>))
-        .route("/hardware/info", get(info::hardware_info::<P>))
-        .route("/hardware/stats", get(info::hardware_stats::<P>))
-        .route("/metrics", get(info::metrics::<P>))
+        .route("/metrics", get(info::metrics::<P>));
+    for path in livepeer::ROUTES {
+        app = app.route(path, post(livepeer::llm::<P>));
+    }
+    // ai-runner's routes, each with its trailing-slash twin.
+    for (path, route) in [
+        ("/health", get(info::health::<P>)),
+        ("/version", get(info::version::<P>)),
+        ("/hardware/info", get(info::hardware_info::<P>)),
+        ("/hardware/stats", get(info::hardware_stats::<P>)),
+    ] {
+        app = app
+            .route(path, route.clone())
+            .route(&format!("{path}/"), route);
+    }
+    let mut app = app
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))

@@ -8,11 +8,23 @@
 //! sends the same shape with a `delta` per SSE event, the usage and finish reason on the final
 //! event, then `data: [DONE]`. Choices that are not finished carry `finish_reason: ""`, the
 //! Python runner's default, so that its pydantic models still parse them.
+//!
+//! What go-livepeer relies on, and where it reads it:
+//! - every event has `choices[0]`: the orchestrator and the gateway index `Choices[0]` without a
+//!   length check and stop at the first event whose `choices[0].finish_reason` is not empty
+//!   (`server/ai_http.go`, `handleAIRequest`; `server/ai_process.go`, `handleSSEStream`), so a
+//!   stream that fails midway ends with an event whose finish reason is `error` (and an `error`
+//!   object beside the choices), never with an event without choices;
+//! - the final event carries `usage` (the gateway keeps the last event's `usage.total_tokens`);
+//! - errors are `{"detail": {"msg": …}}` ([`ApiError::into_livepeer_response`]), for bad bodies,
+//!   authentication and refusals alike;
+//! - ai-runner serves every route with and without a trailing slash (`/llm` and `/llm/`).
 
 use std::future::ready;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use llm_pipeline_core::openai::{
@@ -21,8 +33,9 @@ use llm_pipeline_core::openai::{
 use llm_pipeline_core::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{error_event, json_event, refuse, sse, tap};
+use crate::chat::{json_event, refuse, sse, tap};
 use crate::error::ApiError;
+use crate::error::log_internal;
 use crate::extract::JsonBody;
 use crate::state::ServerState;
 
@@ -92,6 +105,40 @@ pub struct LlmResponse {
     pub usage: Option<Usage>,
     /// The answer (one choice).
     pub choices: Vec<LlmChoice>,
+    /// Why a stream failed midway: on its last event only, whose finish reason is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<LlmError>,
+}
+
+/// ai-runner's `APIError`: the `detail` of its error bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmError {
+    /// What went wrong.
+    pub msg: String,
+}
+
+/// Whether `path` is one of Livepeer's generation routes, whose errors take Livepeer's shape.
+pub(crate) fn is_livepeer_path(path: &str) -> bool {
+    ROUTES.contains(&path)
+}
+
+/// `/llm` and ai-runner's alias.
+pub(crate) const ROUTES: [&str; 2] = ["/llm", "/llm/"];
+
+/// An error answered in Livepeer's shape.
+#[derive(Debug)]
+pub(crate) struct LivepeerError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for LivepeerError {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for LivepeerError {
+    fn into_response(self) -> Response {
+        self.0.into_livepeer_response()
+    }
 }
 
 /// One choice of an [`LlmResponse`].
@@ -153,6 +200,7 @@ impl From<ChatCompletion> for LlmResponse {
             created: completion.created,
             usage: Some(completion.usage),
             choices,
+            error: None,
         }
     }
 }
@@ -160,44 +208,81 @@ impl From<ChatCompletion> for LlmResponse {
 /// The handler.
 pub(crate) async fn llm<P: Pipeline + Clone + 'static>(
     State(state): State<ServerState<P>>,
-    JsonBody(request): JsonBody<LlmRequest>,
-) -> Result<Response, ApiError> {
+    headers: HeaderMap,
+    body: Result<JsonBody<LlmRequest>, ApiError>,
+) -> Result<Response, LivepeerError> {
+    let JsonBody(request) = body?;
     let pipeline = state.pipeline()?;
-    let mut tracker = state.track("/llm");
+    let mut tracker = state.track("/llm", &headers);
     let chat = request.to_chat_request();
     if !request.stream {
         let completion = match pipeline.chat(chat).await {
             Ok(completion) => completion,
-            Err(e) => return Err(refuse(tracker, e)),
+            Err(e) => return Err(refuse(tracker, e).into()),
         };
         tracker.finish(completion.usage, completion.metadata.as_ref());
         return Ok(Json(LlmResponse::from(completion)).into_response());
     }
     let chunks = match pipeline.chat_stream(chat.streaming_with_usage()).await {
         Ok(chunks) => chunks,
-        Err(e) => return Err(refuse(tracker, e)),
+        Err(e) => return Err(refuse(tracker, e).into()),
     };
     let events = tap(chunks, tracker, true)
-        .scan(None, |finish, item| {
+        .scan(Meta::default(), |meta, item| {
             let event = match item {
-                Ok(chunk) => to_event(chunk, finish).map(|r| json_event(&r)),
-                Err(e) => Some(error_event(e)),
+                Ok(chunk) => to_event(chunk, meta),
+                Err(e) => Some(failed_event(meta, e)),
             };
-            ready(Some(event))
+            ready(Some(event.map(|r| json_event(&r))))
         })
         .filter_map(ready);
     Ok(sse(events, state.config().keep_alive))
 }
 
+/// What the events of one stream share.
+#[derive(Debug, Default)]
+struct Meta {
+    id: String,
+    model: String,
+    created: u64,
+    finish: Option<FinishReason>,
+}
+
+/// The last event of a stream that failed midway: `choices[0]` with finish reason `error`, and
+/// the message (details are logged, not sent).
+fn failed_event(meta: &Meta, error: llm_pipeline_core::Error) -> LlmResponse {
+    log_internal(&error);
+    LlmResponse {
+        id: meta.id.clone(),
+        model: meta.model.clone(),
+        created: meta.created,
+        usage: None,
+        choices: vec![LlmChoice {
+            index: 0,
+            finish_reason: "error".to_owned(),
+            delta: Some(LlmMessage::assistant("")),
+            message: None,
+        }],
+        error: Some(LlmError {
+            msg: ApiError::Core(error).body().error.message,
+        }),
+    }
+}
+
 /// The Livepeer event for an OpenAI chunk, if it has one: text becomes a `delta` event, a
 /// finish reason is kept for the final event, which the usage chunk produces.
-fn to_event(chunk: ChatCompletionChunk, finish: &mut Option<FinishReason>) -> Option<LlmResponse> {
+fn to_event(chunk: ChatCompletionChunk, meta: &mut Meta) -> Option<LlmResponse> {
+    meta.id.clone_from(&chunk.id);
+    meta.model.clone_from(&chunk.model);
+    meta.created = chunk.created;
+    let finish = &mut meta.finish;
     let event = |choices, usage| LlmResponse {
         id: chunk.id.clone(),
         model: chunk.model.clone(),
         created: chunk.created,
         usage,
         choices,
+        error: None,
     };
     if let Some(usage) = chunk.usage().copied() {
         let last = LlmChoice {

@@ -7,9 +7,11 @@
 //! and record its metrics at the end, or to count it as abandoned when it is dropped first
 //! (the client went away and axum dropped the handler or the response stream).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use axum::http::HeaderMap;
 use llm_pipeline_core::openai::{ResponseMetadata, Usage};
 use llm_pipeline_core::pipeline::Pipeline;
 use serde::Serialize;
@@ -18,15 +20,24 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome};
 
-/// What `/health` reports.
+/// What `/health` reports, as go-livepeer's AI worker reads it (`ai/worker/docker.go`,
+/// `watchContainer`: `IDLE` returns a borrowed container to the pool, `OK` keeps it, `LOADING`
+/// takes it out of the pool, `ERROR` restarts it at once; `container.go`,
+/// `runnerWaitUntilReady`: anything but `ERROR` is ready).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Health {
-    /// Serving.
+    /// Loaded, and no request is running or waiting.
+    Idle,
+    /// Serving requests.
     Ok,
     /// The model is still loading.
     Loading,
-    /// The model failed to load, or the engine has failed.
+    /// The model failed to load, the engine is broken for good, or its steps keep failing
+    /// ([`EngineStats::failed`]): a fault a restart may cure. A failed step the engine recovers
+    /// from is not one; the status returns to `OK` when a step succeeds.
+    ///
+    /// [`EngineStats::failed`]: llm_pipeline_core::engine::EngineStats::failed
     Error,
 }
 
@@ -40,7 +51,21 @@ struct Inner<P> {
     model: OnceLock<Result<P, String>>,
     metrics: Arc<Metrics>,
     created: u64,
+    load: Arc<Load>,
 }
+
+/// Generation requests in flight at the HTTP edge, from arrival (before the engine sees them)
+/// to their last byte.
+#[derive(Debug, Default)]
+struct Load {
+    active: AtomicUsize,
+    /// Those an orchestrator routed here (they carry [`ROUTE_HEADER`]).
+    routed: AtomicUsize,
+}
+
+/// The header go-livepeer's Live Runner proxy sets on every request it forwards to a runner
+/// (`server/ai_http.go`, `proxyLiveRunner`: `Livepeer-Runner-Route`).
+pub const ROUTE_HEADER: &str = "livepeer-runner-route";
 
 impl<P> Clone for ServerState<P> {
     fn clone(&self) -> Self {
@@ -77,6 +102,7 @@ impl<P: Pipeline> ServerState<P> {
                 created: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                load: Arc::default(),
             }),
         }
     }
@@ -137,14 +163,30 @@ impl<P: Pipeline> ServerState<P> {
         }
     }
 
-    /// What `/health` reports now.
+    /// What `/health` reports now: `IDLE` when no request is running or waiting (at the edge
+    /// or in the engine), `OK` while serving.
     pub fn health(&self) -> Health {
         match self.inner.model.get() {
             None => Health::Loading,
             Some(Err(_)) => Health::Error,
-            Some(Ok(p)) if p.stats().is_some_and(|s| s.failed) => Health::Error,
-            Some(Ok(_)) => Health::Ok,
+            Some(Ok(p)) => {
+                let stats = p.stats();
+                if stats.is_some_and(|s| s.failed) {
+                    Health::Error
+                } else if self.in_flight() == 0 && stats.is_none_or(|s| s.in_flight == 0) {
+                    Health::Idle
+                } else {
+                    Health::Ok
+                }
+            }
         }
+    }
+
+    /// Sequences that run at once in one batch (see
+    /// [`Engine::capacity`](llm_pipeline_core::engine::Engine::capacity)), once loaded: what a
+    /// runner declares to an orchestrator.
+    pub fn capacity(&self) -> Option<u32> {
+        self.pipeline().ok()?.stats().map(|s| s.capacity)
     }
 
     /// The served model's id: the pipeline's, or the name of the configured one while loading
@@ -173,9 +215,28 @@ impl<P> ServerState<P> {
         self.inner.created
     }
 
-    pub(crate) fn track(&self, endpoint: &'static str) -> RequestTracker {
+    /// Generation requests in flight at the HTTP edge.
+    pub fn in_flight(&self) -> usize {
+        self.inner.load.active.load(Ordering::SeqCst)
+    }
+
+    /// Those of [`in_flight`](Self::in_flight) that an orchestrator's Live Runner proxy routed
+    /// here.
+    pub fn routed_in_flight(&self) -> usize {
+        self.inner.load.routed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn track(&self, endpoint: &'static str, headers: &HeaderMap) -> RequestTracker {
+        let routed = headers.contains_key(ROUTE_HEADER);
+        let load = Arc::clone(&self.inner.load);
+        load.active.fetch_add(1, Ordering::SeqCst);
+        if routed {
+            load.routed.fetch_add(1, Ordering::SeqCst);
+        }
         RequestTracker {
             metrics: Arc::clone(&self.inner.metrics),
+            load,
+            routed,
             endpoint,
             start: Instant::now(),
             first_token: None,
@@ -188,6 +249,8 @@ impl<P> ServerState<P> {
 /// Follows one generation request from arrival to its end.
 pub(crate) struct RequestTracker {
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
+    routed: bool,
     endpoint: &'static str,
     start: Instant,
     first_token: Option<Instant>,
@@ -238,6 +301,10 @@ impl RequestTracker {
 
 impl Drop for RequestTracker {
     fn drop(&mut self) {
+        self.load.active.fetch_sub(1, Ordering::SeqCst);
+        if self.routed {
+            self.load.routed.fetch_sub(1, Ordering::SeqCst);
+        }
         if !self.done {
             self.metrics.record_abandoned();
             tracing::info!(

@@ -173,6 +173,10 @@ pub struct EngineStats {
     pub step_nanos: u64,
     /// The part of `step_nanos` spent inside [`Backend::forward`]; the rest is the engine's own.
     pub backend_nanos: u64,
+    /// Sequences that run at once even when every one grows to `max_model_len`: the batch
+    /// limit, or fewer when the KV budget holds fewer whole sequences (see
+    /// [`Engine::capacity`]). What a runner declares to an orchestrator.
+    pub capacity: u32,
 }
 
 #[derive(Debug, Default)]
@@ -359,7 +363,18 @@ impl Engine {
             panics: c.panics.load(Ordering::Relaxed),
             step_nanos: c.step_nanos.load(Ordering::Relaxed),
             backend_nanos: c.backend_nanos.load(Ordering::Relaxed),
+            capacity: self.capacity(),
         }
+    }
+
+    /// Sequences that run at once, in one batch, even when every one grows to `max_model_len`:
+    /// `max_num_seqs` as the backend clamped it, or fewer when the KV budget holds fewer whole
+    /// sequences (never less than one, since one sequence always fits). Shorter requests leave
+    /// room for more; the scheduler admits them while KV cells are free.
+    pub fn capacity(&self) -> u32 {
+        let limits = &self.shared.limits;
+        let whole = self.shared.info.kv_capacity / limits.max_model_len.max(1);
+        limits.max_num_seqs.min(whole).max(1)
     }
 
     /// What the backend reported at start.

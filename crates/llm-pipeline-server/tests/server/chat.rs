@@ -47,15 +47,6 @@ async fn a_natural_end_is_stop() {
     assert_eq!(v["usage"]["completion_tokens"], completion);
 }
 
-fn chunks(data: &[String]) -> Vec<Value> {
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
-    assert_eq!(data.iter().filter(|d| *d == "[DONE]").count(), 1);
-    data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
-
 fn streamed_text(chunks: &[Value]) -> String {
     chunks
         .iter()
@@ -74,7 +65,7 @@ async fn stream_frames_chunks_with_role_first_usage_last_then_done() {
     let reply = call(&s.router, post("/v1/chat/completions", &body)).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["content-type"], "text/event-stream");
-    let chunks = chunks(&reply.sse_data());
+    let chunks = sse_events(&reply.sse_data());
     assert!(
         chunks
             .iter()
@@ -107,7 +98,7 @@ async fn stream_without_usage_has_no_usage_and_prices_on_the_last_chunk() {
     body["stream"] = json!(true);
 
     let reply = call(&s.router, post("/v1/chat/completions", &body)).await;
-    let chunks = chunks(&reply.sse_data());
+    let chunks = sse_events(&reply.sse_data());
     assert_eq!(streamed_text(&chunks), text);
     assert!(
         chunks.iter().all(|c| c.get("usage").is_none()),
@@ -127,7 +118,7 @@ async fn stream_and_whole_answers_agree() {
         .json();
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let chunks = chunks(
+    let chunks = sse_events(
         &call(&s.router, post("/v1/chat/completions", &streamed))
             .await
             .sse_data(),
@@ -198,6 +189,6 @@ async fn a_type_erased_pipeline_serves_like_the_concrete_one() {
     let mut stream_body = body.clone();
     stream_body["stream"] = json!(true);
     let streamed = call(&router, post("/v1/chat/completions", &stream_body)).await;
-    assert_eq!(streamed_text(&chunks(&streamed.sse_data())), text);
+    assert_eq!(streamed_text(&sse_events(&streamed.sse_data())), text);
     settle(&concrete).await;
 }

@@ -145,8 +145,21 @@ async fn a_full_queue_is_refused_at_once_with_429_and_retry_after() {
         let reply = call(&s.router, post(path, &chat_body("t9", 2))).await;
         assert_eq!(reply.status, 429, "{path}: {}", reply.text());
         assert_eq!(reply.headers[header::RETRY_AFTER], "1");
-        assert_eq!(reply.error()["code"], "rate_limit_exceeded");
+        if path == "/llm" {
+            assert!(
+                reply.livepeer_error().contains("capacity"),
+                "{}",
+                reply.text()
+            );
+        } else {
+            assert_eq!(reply.error()["code"], "rate_limit_exceeded");
+        }
     }
+    // Requests are running: the runner is busy, not idle.
+    assert_eq!(
+        call(&s.router, get("/health")).await.json(),
+        json!({"status": "OK"})
+    );
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "refused, not held"
@@ -182,10 +195,12 @@ async fn a_backend_fault_is_500_without_details_and_health_stays_ok() {
         !reply.text().contains("deadbeef"),
         "details are logged, not sent"
     );
-    // One fault fails its request only: the runner stays in rotation and serves the next.
+    // One fault fails its request only: the runner stays in rotation (idle again) and serves
+    // the next.
+    settle(&s.pipeline).await;
     assert_eq!(
         call(&s.router, get("/health")).await.json(),
-        json!({"status": "OK"})
+        json!({"status": "IDLE"})
     );
     let next = call(&s.router, post("/v1/chat/completions", &chat_body("t9", 4))).await;
     assert_eq!(next.status, 200, "{}", next.text());
@@ -238,6 +253,13 @@ async fn while_loading_model_endpoints_are_503_and_health_says_loading() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.headers[header::RETRY_AFTER], "1");
     assert_eq!(reply.error()["type"], "server_error");
+    let reply = call(&app, post("/llm", &chat_body("t9", 2))).await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.livepeer_error().contains("loading"),
+        "{}",
+        reply.text()
+    );
     assert_eq!(
         call(&app, get("/version")).await.json()["model_id"],
         "later"
@@ -247,7 +269,7 @@ async fn while_loading_model_endpoints_are_503_and_health_says_loading() {
     assert!(state.set_ready(pipeline));
     assert_eq!(
         call(&app, get("/health")).await.json(),
-        json!({"status": "OK"})
+        json!({"status": "IDLE"})
     );
     assert_eq!(
         call(&app, post("/llm", &chat_body("t9", 2))).await.status,

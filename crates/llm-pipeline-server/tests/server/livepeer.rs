@@ -56,12 +56,7 @@ async fn stream_sends_deltas_then_a_final_event_with_usage_then_done() {
     let reply = call(&s.router, post("/llm", &body)).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["content-type"], "text/event-stream");
-    let data = reply.sse_data();
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let events: Vec<serde_json::Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events = sse_events(&reply.sse_data());
     let (last, deltas) = events.split_last().unwrap();
     assert!(!deltas.is_empty());
     for e in deltas {
@@ -102,18 +97,45 @@ async fn bad_livepeer_requests_are_400_naming_the_field() {
             Some("messages[0].role"),
         ),
     ];
+    // Livepeer's error shape (ai-runner's `HTTPError`), the field named in the message; on the
+    // trailing-slash alias too.
     for (body, param) in cases {
-        let reply = call(&s.router, post("/llm", &body)).await;
-        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
-        let error = reply.error();
-        assert_eq!(error["type"], "invalid_request_error");
-        if let Some(param) = param {
-            assert_eq!(error["param"], param, "{body}");
-        } else {
-            assert!(
-                error["message"].as_str().unwrap().contains("messages"),
-                "{error}"
-            );
+        for path in ["/llm", "/llm/"] {
+            let reply = call(&s.router, post(path, &body)).await;
+            assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+            let msg = reply.livepeer_error();
+            assert!(msg.contains(param.unwrap_or("messages")), "{body}: {msg}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_midway_ends_with_choices_and_finish_reason_error() {
+    let s = server(Setup {
+        fail_at_step: Some(4),
+        ..Setup::default()
+    });
+    let body = json!({"messages": [{"role": "user", "content": "t9"}], "max_tokens": 20,
+                      "stream": true});
+    let reply = call(&s.router, post("/llm", &body)).await;
+    assert_eq!(reply.status, 200);
+    // go-livepeer indexes choices[0] of every event and stops at a non-empty finish reason.
+    let events = sse_events(&reply.sse_data());
+    assert!(events.len() >= 2, "{events:?}");
+    for e in &events {
+        assert!(e["choices"][0].is_object(), "{e}");
+    }
+    let (last, before) = events.split_last().unwrap();
+    assert!(
+        before
+            .iter()
+            .all(|e| e["choices"][0]["finish_reason"] == "")
+    );
+    assert_eq!(last["choices"][0]["finish_reason"], "error", "{last}");
+    assert_eq!(last["id"], before[0]["id"]);
+    assert!(last["error"]["msg"].is_string(), "{last}");
+    assert!(
+        !reply.text().contains("deadbeef"),
+        "details are logged, not sent"
+    );
 }

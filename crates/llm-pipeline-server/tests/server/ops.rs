@@ -26,9 +26,20 @@ async fn the_token_is_required_everywhere_but_health() {
         config: ServerConfig::default().with_auth_token("s3cret"),
         ..Setup::default()
     });
+    // Livepeer's route answers in Livepeer's shape (ai-runner: 401 with `WWW-Authenticate`).
+    for path in ["/llm", "/llm/"] {
+        let reply = call(&s.router, post(path, &chat_body("t9", 2))).await;
+        assert_eq!(reply.status, 401, "{path}");
+        assert_eq!(reply.headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert!(
+            reply.livepeer_error().contains("bearer token"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert_eq!(call(&s.router, get("/health/")).await.status, 200);
     for request in [
         post("/v1/chat/completions", &chat_body("t9", 2)),
-        post("/llm", &chat_body("t9", 2)),
         get("/v1/models"),
         get("/metrics"),
         get("/nowhere"),
@@ -58,10 +69,19 @@ async fn the_token_is_required_everywhere_but_health() {
 #[tokio::test]
 async fn informational_endpoints_have_their_shapes() {
     let s = server(Setup::default());
-    assert_eq!(
-        call(&s.router, get("/health")).await.json(),
-        json!({"status": "OK"})
-    );
+    for path in ["/health", "/health/"] {
+        assert_eq!(
+            call(&s.router, get(path)).await.json(),
+            json!({"status": "IDLE"})
+        );
+    }
+    // ai-runner's trailing-slash twins answer as the routes do.
+    for path in ["/version", "/hardware/info", "/hardware/stats"] {
+        let plain = call(&s.router, get(path)).await.json();
+        let twin = call(&s.router, get(&format!("{path}/"))).await.json();
+        assert_eq!(twin["model_id"], plain["model_id"], "{path}");
+        assert_eq!(twin["pipeline"], "llm", "{path}");
+    }
     let models = call(&s.router, get("/v1/models")).await.json();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL_ID);
@@ -71,10 +91,16 @@ async fn informational_endpoints_have_their_shapes() {
     assert_eq!(version["pipeline"], "llm");
     assert_eq!(version["model_id"], MODEL_ID);
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    // Semantic versioning, as go-livepeer parses it (Masterminds/semver, `LowestVersion`).
+    let parts: Vec<&str> = version["version"].as_str().unwrap().split('.').collect();
+    assert_eq!(parts.len(), 3, "{version}");
+    assert!(parts.iter().all(|p| p.parse::<u64>().is_ok()), "{version}");
     assert_eq!(version["backend"], "test");
     // The GPUs are the machine's own: none here, some on a GPU host. The shape is the same.
     let info = call(&s.router, get("/hardware/info")).await.json();
     assert_eq!(info["pipeline"], "llm");
+    // The capacity to declare: what the engine runs at once.
+    assert_eq!(info["capacity"], s.pipeline.engine().capacity());
     assert_eq!(info["model_id"], MODEL_ID);
     let gpus = info["gpu_info"].as_object().expect("gpu_info is a map");
     let stats = call(&s.router, get("/hardware/stats")).await.json();

@@ -158,6 +158,21 @@ impl Reply {
             .collect()
     }
 
+    /// The message of Livepeer's error body, `{"detail": {"msg": …}}` and nothing else.
+    pub fn livepeer_error(&self) -> String {
+        let body = self.json();
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+        assert_eq!(
+            body["detail"].as_object().map(|o| o.len()),
+            Some(1),
+            "{body}"
+        );
+        body["detail"]["msg"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail.msg: {body}"))
+            .to_owned()
+    }
+
     /// The OpenAI error body, checked for shape.
     pub fn error(&self) -> Value {
         let body = self.json();
@@ -170,6 +185,16 @@ impl Reply {
         );
         error.clone()
     }
+}
+
+/// The JSON events of an SSE body's data, checked to end with one `[DONE]`.
+pub fn sse_events(data: &[String]) -> Vec<Value> {
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    assert_eq!(data.iter().filter(|d| *d == "[DONE]").count(), 1);
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
 }
 
 pub async fn call(router: &Router, request: Request<Body>) -> Reply {
