@@ -150,8 +150,18 @@ fn config(a: &Args, batch: u32, model: String) -> PipelineConfig {
         .with_max_num_seqs(batch)
         .with_max_num_batched_tokens(512 * batch)
         .with_threads(a.threads)
+        .with_sampling_threads(sampling_threads(a.threads))
         .validated()
         .expect("bench config")
+}
+
+/// `SAMPLING_THREADS` from the environment (1 measures the engine sampling on its own thread),
+/// else the compute threads, as the server does.
+fn sampling_threads(threads: u32) -> u32 {
+    std::env::var("SAMPLING_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(threads)
 }
 
 /// Decode tokens/s of the bare loop: `batch` copies of the prompt, `tokens` greedy tokens each.

@@ -64,6 +64,11 @@ impl Logits {
         &mut self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
     }
 
+    /// Every row, mutable, in order (disjoint, so that they can be sampled in parallel).
+    pub fn rows_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
+        self.data.chunks_exact_mut(self.vocab_size.max(1))
+    }
+
     /// Row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.vocab_size..(i + 1) * self.vocab_size]

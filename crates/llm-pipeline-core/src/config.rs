@@ -6,7 +6,8 @@
 //! `GPU_MEMORY_UTILIZATION` (0.85), `TENSOR_PARALLEL_SIZE` (1), `PIPELINE_PARALLEL_SIZE` (1).
 //! A few variables of our own cover what vLLM decides internally: `CPU_KV_CACHE_SPACE` (GiB of
 //! KV cache on CPU, like vLLM's `VLLM_CPU_KVCACHE_SPACE`, default 4), `NUM_THREADS` (CPU
-//! threads, default: the available cores), `MAX_QUEUE` (waiting requests before refusal),
+//! threads, default: the available cores), `SAMPLING_THREADS` (threads that sample a step's
+//! rows, default: `NUM_THREADS`), `MAX_QUEUE` (waiting requests before refusal),
 //! `ENABLE_PREFIX_CACHING` (reuse the KV cache of earlier requests' common prefixes where the
 //! backend can, default true, as in vLLM), `CHAT_TEMPLATE` (a template file replacing the
 //! model's), `TOOL_CALL_PARSER` (the tool-call format, by default the template's), the hub's `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`, and the prices
@@ -79,6 +80,9 @@ pub struct PipelineConfig {
     pub cpu_kv_cache_bytes: u64,
     /// `NUM_THREADS`: CPU threads for compute; `None` means the available cores.
     pub threads: Option<u32>,
+    /// `SAMPLING_THREADS`: threads that sample a step's logits rows in parallel; `None` means
+    /// as many as `threads`.
+    pub sampling_threads: Option<u32>,
     /// `MAX_QUEUE`: requests that may wait beyond the running ones before new ones are refused.
     pub max_queue: u32,
     /// `ENABLE_PREFIX_CACHING`: whether backends that can reuse the KV cache of a prefix
@@ -111,6 +115,7 @@ impl Default for PipelineConfig {
             pipeline_parallel_size: 1,
             cpu_kv_cache_bytes: 4 << 30,
             threads: None,
+            sampling_threads: None,
             max_queue: 1024,
             prefix_caching: true,
             prices: PriceTable::default(),
@@ -179,6 +184,9 @@ impl PipelineConfig {
             threads: get("NUM_THREADS")
                 .map(|v| parse_or("NUM_THREADS", Some(v), 0u32))
                 .transpose()?,
+            sampling_threads: get("SAMPLING_THREADS")
+                .map(|v| parse_or("SAMPLING_THREADS", Some(v), 0u32))
+                .transpose()?,
             max_queue: parse_or("MAX_QUEUE", get("MAX_QUEUE"), d.max_queue)?,
             prefix_caching: match get("ENABLE_PREFIX_CACHING") {
                 Some(v) => parse_bool("ENABLE_PREFIX_CACHING", &v)?,
@@ -231,6 +239,7 @@ impl PipelineConfig {
                 u32::from(self.prices.pixels_per_unit > 0),
             ),
             ("NUM_THREADS", self.threads.unwrap_or(1)),
+            ("SAMPLING_THREADS", self.sampling_threads.unwrap_or(1)),
         ];
         for (variable, value) in positive {
             if value == 0 {
@@ -323,6 +332,12 @@ impl PipelineConfig {
     /// Sets the compute threads.
     pub fn with_threads(mut self, threads: u32) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Sets the threads that sample a step's rows.
+    pub fn with_sampling_threads(mut self, threads: u32) -> Self {
+        self.sampling_threads = Some(threads);
         self
     }
 

@@ -380,6 +380,7 @@ impl From<&PipelineConfig> for EngineLimits {
             max_num_seqs: config.max_num_seqs,
             max_num_batched_tokens: config.max_num_batched_tokens,
             max_queue: config.max_queue,
+            sampling_threads: config.sampling_threads.or(config.threads).unwrap_or(0),
         }
     }
 }

@@ -13,8 +13,10 @@
 //! over it exactly as over a real model; only the network's arithmetic is replaced.
 
 mod faults;
+mod synthetic;
 
 pub use faults::{Fault, FaultSwitch, Faulty};
+pub use synthetic::SyntheticBackend;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -406,19 +408,25 @@ pub fn word_tokenizer(chatml: bool) -> Arc<Tokenizer> {
     static PLAIN: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     static CHAT: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     let cell = if chatml { &CHAT } else { &PLAIN };
-    Arc::clone(cell.get_or_init(|| write_tokenizer(chatml)))
+    Arc::clone(cell.get_or_init(|| write_tokenizer(chatml, VOCAB)))
 }
 
-fn write_tokenizer(chatml: bool) -> Arc<Tokenizer> {
+/// The plain word-level tokenizer over `t0 … t{vocab - 1}` (`t0` the EOS, `t1` the unknown
+/// word): a vocabulary as wide as a real model's, for [`SyntheticBackend`].
+pub fn wide_word_tokenizer(vocab: u32) -> Arc<Tokenizer> {
+    write_tokenizer(false, vocab)
+}
+
+fn write_tokenizer(chatml: bool, size: u32) -> Arc<Tokenizer> {
     use serde_json::{Value, json};
     let dir = std::env::temp_dir().join(format!(
-        "llmp-test-tok-{}-{}",
+        "llmp-test-tok-{}-{size}-{}",
         if chatml { "chatml" } else { "plain" },
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let mut vocab: serde_json::Map<String, Value> =
-        (0..VOCAB).map(|i| (format!("t{i}"), i.into())).collect();
+        (0..size).map(|i| (format!("t{i}"), i.into())).collect();
     let added = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                "rstrip": false, "normalized": false, "special": true})

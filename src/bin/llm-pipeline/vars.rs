@@ -115,6 +115,13 @@ pub(crate) const PIPELINE: &[Var] = &[
         default: || None,
     },
     Var {
+        flag: "sampling-threads",
+        var: "SAMPLING_THREADS",
+        value: "N",
+        help: "Threads that sample a step's logits rows in parallel [default: as --threads]",
+        default: || None,
+    },
+    Var {
         flag: "max-queue",
         var: "MAX_QUEUE",
         value: "N",

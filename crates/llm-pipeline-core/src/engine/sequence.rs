@@ -107,6 +107,17 @@ impl Sequence {
     }
 
     /// Samples the next token from `logits`, sends its event, and says whether the sequence ended.
+    /// How many passes over its row this sequence's sampling makes, roughly: one for a greedy
+    /// pick without logprobs (an argmax), eight for a draw (softmax, nucleus, draw, logprobs).
+    pub(super) fn sampling_passes(&self) -> usize {
+        let params = self.sampler.params();
+        if params.is_greedy() && params.logprobs == crate::sampling::Logprobs::Off {
+            1
+        } else {
+            8
+        }
+    }
+
     pub(super) fn sample_next(
         &mut self,
         logits: &mut [f32],

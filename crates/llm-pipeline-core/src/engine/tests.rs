@@ -89,6 +89,7 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
             max_num_seqs: setup.max_seqs,
             max_num_batched_tokens: setup.max_batch_tokens,
             max_queue: setup.max_queue,
+            sampling_threads: 0,
         },
     )
     .unwrap();
@@ -176,6 +177,57 @@ fn one_sequence_generates_the_model_output_with_exact_usage() {
     );
     settle(&engine);
     assert_eq!(seen.live.load(Ordering::SeqCst), 0, "KV released");
+}
+
+/// Rows sampled on several threads give each seeded sequence the tokens it gets on one. The
+/// rows are a 128k vocabulary's (the synthetic backend's): 24 of them are 3M logits, which
+/// [`LOGITS_PER_THREAD`] spreads over 3 threads.
+#[test]
+fn seeded_sampling_is_the_same_on_one_thread_and_many() {
+    const WIDE: usize = 1 << 17;
+    const { assert!(24 * WIDE >= 3 * LOGITS_PER_THREAD) };
+    let tokenizer = testing::wide_word_tokenizer(WIDE as u32);
+    let run = |threads: u32| {
+        let engine = Engine::start(
+            || {
+                Ok(testing::SyntheticBackend::new(
+                    WIDE,
+                    24,
+                    512,
+                    Duration::ZERO,
+                ))
+            },
+            Arc::clone(&tokenizer),
+            EngineLimits {
+                max_model_len: 512,
+                max_num_seqs: 24,
+                max_num_batched_tokens: 512,
+                max_queue: 24,
+                sampling_threads: threads,
+            },
+        )
+        .unwrap();
+        let receivers: Vec<_> = (0..24u32)
+            .map(|i| {
+                let mut r = request(prompt(i, 6), 16);
+                r.sampling = SamplingParams {
+                    temperature: 1.0,
+                    top_p: 0.95,
+                    seed: u64::from(i),
+                    ..SamplingParams::default()
+                };
+                engine.submit(r).unwrap()
+            })
+            .collect();
+        let answers: Vec<Vec<u32>> = receivers.into_iter().map(|rx| collect(rx).0).collect();
+        settle(&engine);
+        answers
+    };
+    let one = run(1);
+    assert_eq!(one, run(4));
+    // Sampling happened: sequences shown the same rows drew different tokens.
+    let firsts: std::collections::HashSet<u32> = one.iter().map(|a| a[0]).collect();
+    assert!(firsts.len() > 4, "{one:?}");
 }
 
 #[test]

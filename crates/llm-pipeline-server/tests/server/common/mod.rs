@@ -88,6 +88,7 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
             max_num_seqs: setup.max_seqs,
             max_num_batched_tokens: 512,
             max_queue: setup.max_queue,
+            sampling_threads: 0,
         },
     )
     .unwrap();
