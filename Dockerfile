@@ -3,7 +3,8 @@
 # (port 8000, MODEL_ID, /models as the model cache, the same environment variables).
 #
 #   docker build -t llm-pipeline:cpu .                      # CPU image (the default target)
-#   docker build -t llm-pipeline:cuda --target cuda .       # CUDA image (NVIDIA driver on the host)
+#   docker build -t llm-pipeline:cuda --target cuda .       # CUDA image (NVIDIA driver on the host;
+#                                                           # --build-arg CUDA_COMPUTE_CAP=89 for L4)
 #   docker run -p 8000:8000 -v ~/.lpData/models:/models \
 #       -e MODEL_ID=HuggingFaceTB/SmolLM2-135M-Instruct llm-pipeline:cpu
 #
@@ -28,9 +29,17 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- CUDA build ------------------------------------------------------------------------------
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04 AS build-cuda
 ARG RUST_VERSION
+# The GPU generation to compile kernels for (90: H100/H200; 89: L4/L40; 80: A100): there is
+# no GPU in the build to ask. The driver's libcuda is linked against the toolkit's stub and
+# provided by the host at run time.
+ARG CUDA_COMPUTE_CAP=90
+ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} CMAKE_CUDA_ARCHITECTURES=${CUDA_COMPUTE_CAP} \
+    LIBRARY_PATH=/usr/local/cuda/lib64/stubs
+# No cmake from apt: Ubuntu 22.04's (3.22) predates this CUDA; without one on PATH the xtask
+# installs the pinned PyPI cmake wheel, as on a fresh development machine.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl build-essential cmake \
-        clang libclang-dev pkg-config \
+    && apt-get install -y --no-install-recommends ca-certificates curl build-essential \
+        clang libclang-dev pkg-config python3 python3-pip \
     && rm -rf /var/lib/apt/lists/*
 RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain ${RUST_VERSION}
 ENV PATH=/root/.cargo/bin:$PATH

@@ -13,6 +13,9 @@
 //! step outside the backend's forward (`EngineStats::step_nanos - backend_nanos`, over all
 //! steps): scheduling, sampling, detokenizing, stop strings and events. The rows of a step are
 //! what a GPU backend would copy to the host (128 × 128k floats = 64 MB at 128 sequences).
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it makes a smoke run: 16 sequences
+//! of an 8k vocabulary for 3 steps.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +50,14 @@ fn args() -> Args {
             std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         ],
     };
-    let mut it = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if !argv.iter().any(|a| a == "--bench") {
+        a.vocab = 8192;
+        a.seqs = vec![16];
+        a.steps = 3;
+        a.step_cost = Duration::from_millis(1);
+    }
+    let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {

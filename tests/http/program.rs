@@ -228,6 +228,8 @@ async fn an_installed_copy_runs_alone_through_the_container_entrypoint() {
 
     server.signal("TERM");
     assert!(server.exit_within(Duration::from_secs(10)).await.success());
+    // The copy is hundreds of megabytes (a debug build): not left behind.
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
@@ -310,4 +312,66 @@ async fn help_names_every_variable_with_its_default() {
         stderr.contains("--max-num-seqs") && stderr.contains("MAX_NUM_SEQS"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn chat_answers_a_prompt_and_holds_a_conversation_and_bench_measures() {
+    let model = crate::support::smollm2();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(program())
+            .args(args)
+            .arg("--model")
+            .arg(&model)
+            .args(["--max-model-len", "512", "--threads", "2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the program starts");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // One answer: the text on stdout, usage on stderr; greedy, so the same twice.
+    let args = [
+        "chat",
+        "--max-tokens",
+        "8",
+        "What is the capital of France?",
+    ];
+    let (answer, log) = run(&args, "");
+    assert!(!answer.trim().is_empty());
+    assert!(log.contains(" completion = "), "{log}");
+    assert_eq!(run(&args, "").0, answer);
+    // A conversation from stdin: one answer per line, until an empty line.
+    let (talk, log) = run(
+        &["chat", "--max-tokens", "6"],
+        "Hello!\nAnd who are you?\n\n",
+    );
+    assert_eq!(log.matches("usage:").count(), 2, "{log}");
+    assert!(!talk.trim().is_empty());
+    // The speed probe: one sequence, then a batch, in tokens per second.
+    let (speed, _) = run(&["bench", "--tokens", "4", "--batch", "2"], "");
+    for batch in ["   1 sequence(s): ", "   2 sequence(s): "] {
+        let line = speed
+            .lines()
+            .find(|l| l.starts_with(batch))
+            .unwrap_or_else(|| panic!("{speed}"));
+        let rate: f64 = line
+            .split(" = ")
+            .nth(1)
+            .and_then(|r| r.strip_suffix(" tokens/s"))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(rate > 0.0, "{line}");
+    }
+    assert!(speed.contains("2 threads"), "{speed}");
 }
