@@ -23,7 +23,8 @@
 //! (direct clients, other orchestrators), so that it stays true as that load changes; the
 //! requests the orchestrator proxied are told apart by the `Livepeer-Runner-Route` header its
 //! proxy sets. `status` is `ready` when the runner can serve (go-livepeer routes only to `ready`
-//! runners), `loading` before and `error` after a fault that needs a restart. The GPU is reported
+//! runners and keeps the others registered), `busy` while requests from elsewhere fill every
+//! slot, `loading` before and `error` after a fault that needs a restart. The GPU is reported
 //! from NVML, the version is this crate's.
 //!
 //! Orchestrators serve HTTPS with self-signed certificates; as go-livepeer's own clients do, the
@@ -96,7 +97,7 @@ pub struct Heartbeat {
     pub version: String,
     /// Free text for discovery (at most 1024 bytes): the model, backend and load, as JSON.
     pub metadata: String,
-    /// `ready` (routable), `loading` or `error`.
+    /// `ready` (routable), `busy` (requests from elsewhere fill it), `loading` or `error`.
     pub status: String,
     /// `single-shot`: one capacity slot per proxied request.
     pub mode: String,
@@ -182,16 +183,17 @@ impl Registration {
 
     /// The heartbeat describing `state` now.
     pub fn heartbeat<P: Pipeline>(&self, state: &ServerState<P>) -> Heartbeat {
-        let health = state.health();
-        let status = match health {
-            Health::Idle | Health::Ok => "ready",
-            Health::Loading => "loading",
-            Health::Error => "error",
-        };
         let in_flight = state.in_flight();
         let routed = state.routed_in_flight();
         let engine = self.capacity.or_else(|| state.capacity()).unwrap_or(1);
         let elsewhere = u32::try_from(in_flight.saturating_sub(routed)).unwrap_or(u32::MAX);
+        let status = match state.health() {
+            // Requests from elsewhere fill every slot: not routable until they end.
+            Health::Idle | Health::Ok if elsewhere >= engine => "busy",
+            Health::Idle | Health::Ok => "ready",
+            Health::Loading => "loading",
+            Health::Error => "error",
+        };
         let metadata = serde_json::json!({
             "model": state.model_id(),
             "backend": state.pipeline().ok().and_then(Pipeline::backend),
@@ -215,7 +217,7 @@ impl Registration {
                     vram_mb: g.memory_total >> 20,
                 }),
             app: self.app.clone(),
-            // go-livepeer reads 0 as 1; the status says when nothing is left.
+            // go-livepeer reads 0 as 1; `busy` says when nothing is left.
             capacity: engine.saturating_sub(elsewhere).max(1),
             price_info: PriceInfo {
                 price: self

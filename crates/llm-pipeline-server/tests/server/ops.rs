@@ -276,3 +276,66 @@ async fn shutdown_finishes_in_flight_requests_within_the_grace_period() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// A streamed chat request held open; `routed` as an orchestrator's Live Runner proxy sends it.
+async fn held_stream(router: &axum::Router, routed: bool) -> axum::body::BodyDataStream {
+    use tower::ServiceExt;
+    let mut body = chat_body("t9", 100_000);
+    body["stream"] = json!(true);
+    let mut request = post("/v1/chat/completions", &body);
+    if routed {
+        request.headers_mut().insert(
+            llm_pipeline_server::ROUTE_HEADER,
+            "runner-1".parse().unwrap(),
+        );
+    }
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.into_body().into_data_stream();
+    // The first chunk: the request is in the engine.
+    assert!(stream.next().await.is_some());
+    stream
+}
+
+/// The capacity a registered runner announces leaves out the requests that reached it by other
+/// ways, and a runner whose every slot they fill says `busy`.
+#[tokio::test]
+async fn the_announced_capacity_leaves_out_requests_from_elsewhere() {
+    let s = server(Setup {
+        step_delay: Duration::from_millis(2),
+        ..Setup::default()
+    });
+    let registration = llm_pipeline_server::register::Registration {
+        orchestrator: "http://127.0.0.1:9".into(),
+        secret: "orchestrator-secret".into(),
+        runner_url: "http://127.0.0.1:8000".into(),
+        runner_id: "runner-1".into(),
+        app: format!("llm/{MODEL_ID}"),
+        label: None,
+        capacity: None,
+        price: None,
+        price_unit: "hour".into(),
+    };
+    let capacity = s.pipeline.engine().capacity();
+    assert!(capacity >= 2);
+    let beat = |want: (&str, u32)| {
+        let beat = registration.heartbeat(&s.state);
+        assert_eq!((beat.status.as_str(), beat.capacity), want);
+        assert_eq!(beat.mode, "single-shot");
+    };
+    beat(("ready", capacity));
+    // The orchestrator's own request holds one of its slots on its side: nothing changes.
+    let routed = held_stream(&s.router, true).await;
+    beat(("ready", capacity));
+    drop(routed);
+    // Requests from elsewhere take slots away, down to none: busy.
+    let mut others = Vec::new();
+    for held in 1..=capacity {
+        others.push(held_stream(&s.router, false).await);
+        let left = capacity - held;
+        beat((if left == 0 { "busy" } else { "ready" }, left.max(1)));
+    }
+    drop(others);
+    settle(&s.pipeline).await;
+    beat(("ready", capacity));
+}
