@@ -172,13 +172,12 @@ fn bare(a: &Args, batch: u32, prompt: &[u32], eog: &[u32]) -> f64 {
             .expect("model loads");
     let cfg = config(a, batch, model_path());
     let layout = llm_pipeline::llama_cpp::kv_layout(&cfg, cfg.cpu_kv_cache_bytes, 23040).unwrap();
-    let n_ctx = layout.cells_per_seq * layout.seqs;
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_ctx(NonZeroU32::new(layout.cells()))
         .with_n_batch(cfg.max_num_batched_tokens)
         .with_n_ubatch(cfg.max_num_batched_tokens.min(512))
         .with_n_seq_max(batch)
-        .with_kv_unified(false)
+        .with_kv_unified(layout.unified())
         .with_n_threads(a.threads as i32)
         .with_n_threads_batch(a.threads as i32);
     let mut ctx = model.new_context(rt.backend(), params).expect("context");

@@ -8,7 +8,7 @@ use llm_pipeline::core::pipeline::{EnginePipeline, Pipeline};
 use llm_pipeline::server::{ServeOptions, ServerConfig, ServerState, router, serve};
 
 use crate::load::{self, Target};
-use crate::{Args, MAX_MODEL_LEN, model_path};
+use crate::{Args, KV_BYTES_PER_CELL, model_path};
 
 /// The backends served over HTTP: those built in that load the GGUF (ORT takes an ONNX
 /// export, measured by `benches/throughput.rs`).
@@ -19,18 +19,22 @@ pub(crate) fn backends() -> impl Iterator<Item = &'static str> {
         .filter(|name| *name != "ort")
 }
 
-/// The same configuration for every system: all clients fit in the running set. The rest comes
+/// The same configuration for every system: all clients may run at once, with `--kv-cells` as
+/// the KV memory where it is given. The rest comes
 /// from the environment as in a server (`ENABLE_PREFIX_CACHING=false` turns prefix caching off).
 fn config(a: &Args) -> PipelineConfig {
-    PipelineConfig::from_env()
+    let config = PipelineConfig::from_env()
         .expect("the environment's settings parse")
         .with_model_id(model_path())
-        .with_max_model_len(MAX_MODEL_LEN)
+        .with_max_model_len(a.max_model_len)
         .with_max_num_seqs(a.max_clients())
         .with_max_num_batched_tokens(2048)
-        .with_threads(a.threads)
-        .validated()
-        .expect("a valid bench configuration")
+        .with_threads(a.threads);
+    let config = match a.kv_cells {
+        Some(cells) => config.with_cpu_kv_cache_bytes(u64::from(cells) * KV_BYTES_PER_CELL),
+        None => config,
+    };
+    config.validated().expect("a valid bench configuration")
 }
 
 fn load_backend(a: &Args, backend: &str) -> EnginePipeline {

@@ -7,6 +7,7 @@
 //! cargo bench --features server,candle --bench serving -- [--threads 2] [--tokens 64]
 //!     [--clients 1,8,32] [--rounds 2] [--passes 2] [--prefill-clients 8] [--prefill-tokens 8]
 //!     [--turns-clients 8] [--turns 4] [--turns-tokens 32] [--json-clients 1,32]
+//!     [--max-model-len 512] [--kv-cells N]
 //!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
 //!     [--json PATH] [--markdown PATH]
 //! ```
@@ -29,6 +30,12 @@
 //! The HTTP systems run every workload back to back, `--passes` times in rotated order, best
 //! pass counting (see `systems.rs`); the in-process engine runs after them, once.
 //!
+//! Every system gets `--max-model-len` tokens of context per sequence and by default a KV cache
+//! that holds that much for every client. With `--kv-cells N` they all get the same KV memory
+//! instead, N cells of SmolLM2's f16 keys and values (23 040 bytes each): ours as
+//! `CPU_KV_CACHE_SPACE`, llama-server as one unified pool of N cells (`-c N --kv-unified`) for
+//! all its slots, since its per-slot streams would cut each slot's context to N ÷ slots.
+//!
 //! Each system runs in a child process of its own (see `benches/throughput.rs` for why two
 //! llama.cpp engines must not share a process); this process only generates load.
 
@@ -44,13 +51,17 @@ use std::time::Instant;
 use load::{Load, Mix};
 use systems::{Peer, Run};
 
-/// Context per sequence, for every system.
-pub(crate) const MAX_MODEL_LEN: u32 = 512;
+/// SmolLM2's KV bytes per cell: keys and values, f16, 30 layers × 3 KV heads × 64.
+pub(crate) const KV_BYTES_PER_CELL: u64 = 2 * 2 * 30 * 3 * 64;
 
 /// The command line (also forwarded to our child processes).
 #[derive(Debug, Clone)]
 pub(crate) struct Args {
     pub(crate) threads: u32,
+    /// Context per sequence, for every system.
+    pub(crate) max_model_len: u32,
+    /// The KV memory of every system, in cells; by default room for every client.
+    pub(crate) kv_cells: Option<u32>,
     tokens: u32,
     clients: Vec<u32>,
     rounds: u32,
@@ -123,6 +134,11 @@ impl Args {
         let json_clients: Vec<String> = self.json_clients.iter().map(u32::to_string).collect();
         [
             ("--threads", self.threads.to_string()),
+            ("--max-model-len", self.max_model_len.to_string()),
+            (
+                "--kv-cells",
+                self.kv_cells.map_or(String::new(), |c| c.to_string()),
+            ),
             ("--tokens", self.tokens.to_string()),
             ("--rounds", self.rounds.to_string()),
             ("--clients", clients.join(",")),
@@ -150,6 +166,8 @@ fn args() -> Args {
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let mut a = Args {
         threads: 2,
+        max_model_len: 512,
+        kv_cells: None,
         tokens: 64,
         clients: vec![1, 8, 32],
         rounds: 2,
@@ -189,6 +207,8 @@ fn args() -> Args {
         let num = |v: String| -> u32 { v.parse().unwrap_or_else(|_| panic!("{flag} N")) };
         match flag.as_str() {
             "--threads" => a.threads = num(val()),
+            "--max-model-len" => a.max_model_len = num(val()),
+            "--kv-cells" => a.kv_cells = Some(val()).filter(|v| !v.is_empty()).map(num),
             "--tokens" => a.tokens = num(val()),
             "--rounds" => a.rounds = num(val()),
             "--passes" => a.passes = num(val()),
@@ -240,10 +260,13 @@ fn main() {
     let started = Instant::now();
     let workloads = a.workloads();
     eprintln!(
-        "serving: SmolLM2-135M Q4_1, {} threads, {} parallel sequences, {} tokens per chat \
-         answer, {} per prefill answer, {} rounds per client",
+        "serving: SmolLM2-135M Q4_1, {} threads, {} parallel sequences of up to {} tokens, KV \
+         {}, {} tokens per chat answer, {} per prefill answer, {} rounds per client",
         a.threads,
         a.max_clients(),
+        a.max_model_len,
+        a.kv_cells
+            .map_or_else(|| "for all".into(), |c| format!("{c} cells")),
         a.tokens,
         a.prefill_tokens,
         a.rounds

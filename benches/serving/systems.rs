@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use crate::load::{self, Load, Report, Target};
-use crate::{Args, MAX_MODEL_LEN, model_path};
+use crate::{Args, model_path};
 
 /// The clients' runtime, shared by every server's start and every workload.
 static RUNTIME: LazyLock<tokio::runtime::Runtime> =
@@ -72,17 +72,16 @@ impl Peer {
                 cmd.args(["-m", &model_path(), "--host", "127.0.0.1"])
                     .args(["--port", &port.to_string()])
                     .args(["-t", &a.threads.to_string(), "-tb", &a.threads.to_string()])
-                    .args(["--parallel", &seqs.to_string()])
-                    .args(["-c", &(seqs * MAX_MODEL_LEN).to_string()])
-                    // Our backend's context: a KV stream per sequence, the same batch sizes.
-                    .args([
-                        "--no-kv-unified",
-                        "-b",
-                        "2048",
-                        "-ub",
-                        "512",
-                        "--cont-batching",
-                    ])
+                    .args(["--parallel", &seqs.to_string()]);
+                // Our backend's context: a KV stream per sequence when every one fits, else
+                // one pool of the given cells for all slots; the same batch sizes.
+                match a.kv_cells {
+                    None => cmd
+                        .args(["-c", &(seqs * a.max_model_len).to_string()])
+                        .arg("--no-kv-unified"),
+                    Some(cells) => cmd.args(["-c", &cells.to_string()]).arg("--kv-unified"),
+                };
+                cmd.args(["-b", "2048", "-ub", "512", "--cont-batching"])
                     // No host-memory prompt cache: ours has none. Weight repacking stays on as
                     // in our backend: `cargo xtask bench` builds llama-server without AMX, whose
                     // repacked kernels die with SIGILL on this VM (else pass `--no-repack`).

@@ -1,5 +1,5 @@
 //! A KV cache too small for the load, on every backend: eight requests that together need more
-//! than twice the cells the budget holds. The engine queues or preempts, the backend never
+//! than twice the cells the budget holds. The engine preempts, the backend never
 //! refuses what the engine admitted, and every request runs to its full length.
 
 use std::path::Path;
@@ -71,14 +71,19 @@ async fn overload(pipeline: EnginePipeline) -> (EngineStats, u32) {
     (stats, needed)
 }
 
-/// candle and ONNX Runtime share one budget among all sequences: the engine preempts when it is
-/// full and brings the preempted sequences back.
-async fn preempts(backend: &str, model: &Path, bytes_per_cell: u64) {
+/// Every backend shares one budget among all sequences: the engine preempts when it is full and
+/// brings the preempted sequences back. `cells` is the capacity the budget of 320 cells gives.
+async fn preempts(backend: &str, model: &Path, bytes_per_cell: u64, cells: u32) {
     let pipeline = llm_pipeline::load_async(backend, config(model, 320 * bytes_per_cell))
         .await
         .unwrap_or_else(|e| panic!("{backend} loads: {e}"));
-    let capacity = pipeline.engine().backend_info().kv_capacity;
-    assert_eq!(capacity, 320, "{backend}");
+    let info = pipeline.engine().backend_info();
+    assert_eq!(info.kv_capacity, cells, "{backend}");
+    assert_eq!(
+        info.max_seqs, 8,
+        "{backend}: every sequence slot, whatever the budget"
+    );
+    let capacity = info.kv_capacity;
     let (stats, needed) = overload(pipeline).await;
     assert!(
         needed > 2 * capacity,
@@ -91,23 +96,82 @@ async fn preempts(backend: &str, model: &Path, bytes_per_cell: u64) {
 }
 
 #[tokio::test]
-async fn llama_cpp_queues_beyond_its_sequence_slots() {
-    // Two whole MAX_MODEL_LEN streams of f16 KV: llama.cpp reserves each slot's cells, so the
-    // engine admits two sequences at a time and queues the rest; none needs preempting.
-    let bytes = 2 * u64::from(MAX_MODEL_LEN) * KV_ELEMENTS * 2;
-    let pipeline = llm_pipeline::load_async("llama-cpp", config(&super::support::smollm2(), bytes))
-        .await
-        .expect("llama.cpp loads");
-    assert_eq!(pipeline.engine().backend_info().max_seqs, 2);
-    let (stats, _) = overload(pipeline).await;
-    assert_eq!(stats.preemptions, 0, "{stats:?}");
+async fn llama_cpp_preempts_when_its_kv_pool_is_full() {
+    // f16 keys and values. The budget holds 1.25 streams of MAX_MODEL_LEN, so the sequences
+    // share one pool, of the whole 256 cells llama.cpp allocates in. The prompts share their
+    // start, so released and preempted sequences leave cells that later ones reuse or that
+    // running ones need back.
+    preempts(
+        "llama-cpp",
+        &super::support::smollm2(),
+        KV_ELEMENTS * 2,
+        256,
+    )
+    .await;
+}
+
+/// A KV budget of two whole `MAX_MODEL_LEN` streams no longer means two sequences at a time:
+/// eight short requests share the pool and run in one batch. (Their greedy answers are not
+/// compared with each one's alone: in a pool, attention runs over cells that other sequences'
+/// tokens interleave, which changes the last bits of SmolLM2's logits and, at a near-tie, a
+/// token.)
+#[tokio::test]
+async fn llama_cpp_runs_every_sequence_whose_tokens_fit() {
+    const LONG_CONTEXT: u32 = 2048;
+    const TOKENS: u32 = 24;
+    let config = config(
+        &super::support::smollm2(),
+        2 * u64::from(LONG_CONTEXT) * KV_ELEMENTS * 2,
+    )
+    .with_max_model_len(LONG_CONTEXT)
+    .validated()
+    .unwrap();
+    let pipeline = Arc::new(
+        llm_pipeline::load_async("llama-cpp", config)
+            .await
+            .expect("llama.cpp loads"),
+    );
+    let info = pipeline.engine().backend_info();
+    assert_eq!((info.max_seqs, info.kv_capacity), (8, 2 * LONG_CONTEXT));
+    assert!(
+        info.description
+            .contains("8 sequences sharing 4096 KV cells"),
+        "{info:?}"
+    );
+    let request = |i: i64| {
+        let mut request = ChatCompletionRequest::new(
+            "",
+            vec![ChatMessage::user(format!("Name a colour, number {i}."))],
+        )
+        .with_max_tokens(TOKENS)
+        .with_temperature(0.0);
+        for t in END_TOKENS {
+            request = request.with_logit_bias(t, -100.0);
+        }
+        request
+    };
+    let before = pipeline.engine().stats();
+    let together = futures::future::join_all((0..REQUESTS).map(|i| {
+        let pipeline = Arc::clone(&pipeline);
+        async move { pipeline.chat(request(i)).await }
+    }))
+    .await;
+    let steps = pipeline.engine().stats().steps - before.steps;
+    // Two at a time would take four rounds of TOKENS steps.
+    assert!(
+        steps < 2 * u64::from(TOKENS),
+        "{steps} steps: the requests did not run together"
+    );
+    for answer in together {
+        assert_eq!(answer.unwrap().usage.completion_tokens, TOKENS);
+    }
 }
 
 #[cfg(feature = "candle")]
 #[tokio::test]
 async fn candle_preempts_when_its_kv_pool_is_full() {
     // f32 keys and values.
-    preempts("candle", &super::support::smollm2(), KV_ELEMENTS * 4).await;
+    preempts("candle", &super::support::smollm2(), KV_ELEMENTS * 4, 320).await;
 }
 
 #[cfg(feature = "ort")]
@@ -118,5 +182,5 @@ async fn ort_preempts_when_its_kv_budget_is_full() {
         "LLM_PIPELINE_ONNX_SMOLLM2",
         "onnx/smollm2-135m-instruct",
     );
-    preempts("ort", &onnx, 2 * KV_ELEMENTS * 4).await;
+    preempts("ort", &onnx, 2 * KV_ELEMENTS * 4, 320).await;
 }

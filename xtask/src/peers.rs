@@ -73,7 +73,9 @@ pub(crate) fn llama_server() -> Result<PathBuf> {
         eprintln!("fetching llama-cpp-python=={LLAMA_CPP_PYTHON} (source) from PyPI");
         run(Command::new("python3")
             .args(["-m", "pip", "download", "--quiet", "--no-deps"])
-            .args(["--no-binary", ":all:", "--dest"])
+            // The source of llama-cpp-python alone: `:all:` would build its build
+            // dependencies (cmake among them) from source too.
+            .args(["--no-binary", "llama-cpp-python", "--dest"])
             .arg(&src)
             .arg(format!("llama-cpp-python=={LLAMA_CPP_PYTHON}")))?;
         let archive = src.join(format!("llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"));

@@ -143,8 +143,9 @@ pub trait Backend: Send {
     /// logits). Returns how many of them, from the first, are now in `seq`'s cache at their
     /// positions; the engine starts `seq` there.
     ///
-    /// The engine counts reused cells like computed ones, so a backend must keep them within
-    /// `seq`'s own share of [`BackendInfo::kv_capacity`] (llama.cpp's per-sequence streams do).
+    /// The engine counts reused cells like computed ones: from now on they are `seq`'s, and
+    /// cells still kept for other released sequences must give way whenever running sequences
+    /// need them.
     /// The default keeps nothing.
     fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
         let _ = (seq, tokens);

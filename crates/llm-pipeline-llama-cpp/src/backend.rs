@@ -1,18 +1,22 @@
 //! [`Backend`] over one llama.cpp context shared by all running sequences.
 //!
-//! The context holds one KV stream of `MAX_MODEL_LEN` cells per sequence slot (see
-//! [`kv_layout`] for why streams and not one pool). Each engine step is one `llama_decode` over
-//! a batch mixing prefill chunks and decode tokens, asking for logits only where the engine
-//! needs them. Engine sequence ids are mapped to llama.cpp's sequence slots.
+//! The context holds either one KV stream of `MAX_MODEL_LEN` cells per sequence slot, when the
+//! memory budget holds that many, or one pool of cells that all slots share (see [`kv_layout`]).
+//! Each engine step is one `llama_decode` over a batch mixing prefill chunks and decode tokens,
+//! asking for logits only where the engine needs them. Engine sequence ids are mapped to
+//! llama.cpp's sequence slots.
 //!
 //! Prefix caching: a released slot keeps its KV cells and remembers their tokens. A new
 //! sequence whose tokens start like a free slot's (over more than half of its tokens) takes
 //! that slot, drops the cells past the common prefix and starts computing after it
 //! ([`Backend::reuse_prefix`]), as llama-server's slots do; repeated system prompts,
-//! multi-turn chats and recomputed preempted sequences skip most of their prefill. Slots
-//! without a match are handed out lowest id first, which keeps busy slots contiguous:
-//! llama.cpp batches only consecutive slots into one ubatch. A slot's cells are its own
-//! stream, so what a free slot keeps takes nothing from running sequences.
+//! multi-turn chats and recomputed preempted sequences skip most of their prefill. With
+//! streams, slots without a match are handed out lowest id first, which keeps busy slots
+//! contiguous: llama.cpp batches only consecutive streams into one ubatch; a slot's cells are
+//! its own stream, so what a free slot keeps takes nothing from running sequences. In a pool,
+//! what free slots keep occupies cells that running sequences may need: before each step the
+//! backend drops the kept cells of the least recently released slots until the step's tokens
+//! fit, and a new sequence without a match takes the least recently released slot.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -47,6 +51,8 @@ pub struct LlamaCppBackend {
     cached: Vec<Vec<u32>>,
     /// `ENABLE_PREFIX_CACHING`.
     prefix_caching: bool,
+    /// Whether all slots share one pool of cells ([`KvLayout::Pool`]) rather than a stream each.
+    pooled: bool,
     info: BackendInfo,
 }
 
@@ -113,24 +119,76 @@ fn kv_bytes_per_token(model: &LlamaModel) -> u64 {
     2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2
 }
 
-/// How the KV cache is laid out: one stream of `cells_per_seq` cells per sequence slot.
+/// How the KV cache is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLayout {
-    /// Sequence slots (llama.cpp's `n_seq_max`).
-    pub seqs: u32,
-    /// Cells per slot: `MAX_MODEL_LEN` rounded up to llama.cpp's 256-cell padding.
-    pub cells_per_seq: u32,
+pub enum KvLayout {
+    /// One stream of `cells_per_seq` cells per sequence slot (llama.cpp's non-unified cache).
+    Streams {
+        /// Sequence slots (llama.cpp's `n_seq_max`).
+        seqs: u32,
+        /// Cells per slot: `MAX_MODEL_LEN` rounded up to llama.cpp's 256-cell padding.
+        cells_per_seq: u32,
+    },
+    /// One pool of `cells` shared by `seqs` slots (llama.cpp's unified cache): a sequence takes
+    /// cells as it grows and gives them back when it ends.
+    Pool {
+        /// Sequence slots (llama.cpp's `n_seq_max`).
+        seqs: u32,
+        /// Cells in the pool, a multiple of 256.
+        cells: u32,
+    },
 }
 
-/// Sizes the KV cache: as many whole `MAX_MODEL_LEN` streams as `MAX_NUM_SEQS` asks for and the
-/// memory budget holds.
+impl KvLayout {
+    /// Sequence slots.
+    pub fn seqs(&self) -> u32 {
+        match *self {
+            Self::Streams { seqs, .. } | Self::Pool { seqs, .. } => seqs,
+        }
+    }
+
+    /// Cells in all: llama.cpp's `n_ctx`.
+    pub fn cells(&self) -> u32 {
+        match *self {
+            Self::Streams {
+                seqs,
+                cells_per_seq,
+            } => seqs * cells_per_seq,
+            Self::Pool { cells, .. } => cells,
+        }
+    }
+
+    /// Whether the sequences share one pool (llama.cpp's `kv_unified`).
+    pub fn unified(&self) -> bool {
+        matches!(self, Self::Pool { .. })
+    }
+}
+
+impl std::fmt::Display for KvLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Streams {
+                seqs,
+                cells_per_seq,
+            } => write!(f, "{seqs} sequences × {cells_per_seq} KV cells"),
+            Self::Pool { seqs, cells } => write!(f, "{seqs} sequences sharing {cells} KV cells"),
+        }
+    }
+}
+
+/// Sizes the KV cache for `MAX_NUM_SEQS` sequences of up to `MAX_MODEL_LEN` tokens under the
+/// memory budget.
 ///
-/// Each sequence gets its own stream (llama.cpp's non-unified cache) rather than a share of one
-/// pool: attention then runs over the sequence's own cells only, in the same order whatever
-/// else is in the batch, so a greedy answer does not depend on the other requests (with a
-/// unified pool it did: SmolLM2's greedy text changed when batched). It also keeps attention
-/// cost per sequence independent of the batch. The price is that memory is reserved per slot,
-/// so the budget caps concurrency at `budget / (MAX_MODEL_LEN × bytes per token)` sequences.
+/// When the budget holds a whole `MAX_MODEL_LEN` stream for every sequence, each gets its own
+/// ([`KvLayout::Streams`]): attention then runs over the sequence's own cells only, in the same
+/// order whatever else is in the batch, so a greedy answer does not depend on the other
+/// requests, and attention costs each sequence only its own length. Reserving whole streams
+/// would otherwise let the budget, not the work, cap concurrency (4 GiB holds 22 streams of
+/// 8192 cells of SmolLM2), so below that the sequences share one pool of every cell the budget
+/// holds ([`KvLayout::Pool`]), and the engine admits sequences by the tokens they hold, as
+/// vLLM's paged cache does. In a pool, llama.cpp's attention reads every occupied cell and
+/// masks out the other sequences', so its cost grows with the tokens of the whole batch, and
+/// the order in which a step adds those cells can change a sequence's last bits.
 ///
 /// The budget is `GPU_MEMORY_UTILIZATION × GPU memory − memory in use − weights` on a GPU, and
 /// `CPU_KV_CACHE_SPACE` on the CPU.
@@ -143,32 +201,28 @@ pub fn kv_layout(
     bytes_per_token: u64,
 ) -> Result<KvLayout, LlamaCppError> {
     let cells_per_seq = config.max_model_len.div_ceil(256).saturating_mul(256);
-    let per_seq = u64::from(cells_per_seq) * bytes_per_token.max(1);
-    let fit = budget_bytes / per_seq;
-    let seqs = u64::from(config.max_num_seqs.min(LLAMA_MAX_SEQ)).min(fit) as u32;
-    if seqs == 0 {
+    let seqs = config.max_num_seqs.min(LLAMA_MAX_SEQ);
+    let fit = budget_bytes / bytes_per_token.max(1);
+    if fit >= u64::from(seqs) * u64::from(cells_per_seq) {
+        return Ok(KvLayout::Streams {
+            seqs,
+            cells_per_seq,
+        });
+    }
+    let cells = (fit.min(u64::from(u32::MAX)) as u32) / 256 * 256;
+    if cells < config.max_model_len {
         return Err(LlamaCppError::Unsupported {
             setting: "MAX_MODEL_LEN",
             message: format!(
-                "one sequence of MAX_MODEL_LEN={} needs {per_seq} bytes of KV cache \
+                "one sequence of MAX_MODEL_LEN={} needs {} bytes of KV cache \
                  ({bytes_per_token} per token) but the budget is {budget_bytes}; lower \
                  MAX_MODEL_LEN or raise CPU_KV_CACHE_SPACE / GPU_MEMORY_UTILIZATION",
-                config.max_model_len
+                config.max_model_len,
+                u64::from(config.max_model_len) * bytes_per_token,
             ),
         });
     }
-    if seqs < config.max_num_seqs {
-        tracing::warn!(
-            requested = config.max_num_seqs,
-            seqs,
-            budget_bytes,
-            "the KV budget holds fewer sequences than MAX_NUM_SEQS"
-        );
-    }
-    Ok(KvLayout {
-        seqs,
-        cells_per_seq,
-    })
+    Ok(KvLayout::Pool { seqs, cells })
 }
 
 impl LlamaCppBackend {
@@ -199,16 +253,15 @@ impl LlamaCppBackend {
             gpus_kv_budget(&gpus, config.gpu_memory_utilization, model.size())
         };
         let layout = kv_layout(config, budget, bytes_per_token)?;
-        let max_seqs = layout.seqs;
-        let n_ctx = layout.cells_per_seq * layout.seqs;
+        let max_seqs = layout.seqs();
         let n_batch = config.max_num_batched_tokens;
         let threads = config.effective_threads() as i32;
         let ctx_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_ctx(NonZeroU32::new(layout.cells()))
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch.min(512))
             .with_n_seq_max(max_seqs)
-            .with_kv_unified(false)
+            .with_kv_unified(layout.unified())
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         // SAFETY: the model is boxed (its address is stable) and outlives the context: the
@@ -218,13 +271,11 @@ impl LlamaCppBackend {
             .new_context(&rt.backend, ctx_params)
             .map_err(|e| LlamaCppError::Context { source: e })?;
         let description = format!(
-            "llama.cpp ({}; cpu variant {}; {} threads; {} sequences × {} KV cells)",
+            "llama.cpp ({}; cpu variant {}; {} threads; {layout})",
             gpus.first()
                 .map_or_else(|| "CPU".to_string(), |g| g.description.clone()),
             rt.cpu_variant.as_deref().unwrap_or("unknown"),
             threads,
-            layout.seqs,
-            layout.cells_per_seq
         );
         let info = BackendInfo {
             name: "llama-cpp",
@@ -244,6 +295,7 @@ impl LlamaCppBackend {
             free_slots: (0..max_seqs as i32).collect(),
             cached: vec![Vec::new(); max_seqs as usize],
             prefix_caching: config.prefix_caching,
+            pooled: layout.unified(),
             info,
         })
     }
@@ -257,21 +309,47 @@ impl LlamaCppBackend {
         if let Some(&slot) = self.slots.get(&seq) {
             return Ok(slot);
         }
-        // The lowest free slot, so that busy slots stay contiguous (see `forward`); a prefix
-        // match (`reuse_prefix`) may still pick any slot.
-        let at = self
-            .free_slots
-            .iter()
-            .enumerate()
-            .min_by_key(|&(_, &slot)| slot)
-            .map(|(at, _)| at)
-            .ok_or(LlamaCppError::TooManySequences {
-                max: self.info.max_seqs,
-            })?;
+        let too_many = LlamaCppError::TooManySequences {
+            max: self.info.max_seqs,
+        };
+        // With streams, the lowest free slot, so that busy slots stay contiguous (see
+        // `forward`); in a pool, the least recently released, whose kept cells are the least
+        // likely to be reused. A prefix match (`reuse_prefix`) may still pick any slot.
+        let at = if self.pooled {
+            if self.free_slots.is_empty() {
+                return Err(too_many);
+            }
+            0
+        } else {
+            self.free_slots
+                .iter()
+                .enumerate()
+                .min_by_key(|&(_, &slot)| slot)
+                .map(|(at, _)| at)
+                .ok_or(too_many)?
+        };
         let slot = self.free_slots.remove(at).expect("an index found above");
         self.forget(slot);
         self.slots.insert(seq, slot);
         Ok(slot)
+    }
+
+    /// In a pool: drops the cells that free slots keep, least recently released first, until
+    /// `needed` more cells are free. The engine admits sequences by the cells they hold, so
+    /// dropping every kept cell always makes room for a step it planned.
+    fn make_room(&mut self, needed: usize) {
+        if !self.pooled {
+            return;
+        }
+        let mut held: usize = self.cached.iter().map(Vec::len).sum();
+        let capacity = self.info.kv_capacity as usize;
+        let mut next = 0;
+        while held + needed > capacity && next < self.free_slots.len() {
+            let slot = self.free_slots[next];
+            held -= self.cached[slot as usize].len();
+            self.forget(slot);
+            next += 1;
+        }
     }
 
     /// Drops what `slot` kept from its previous sequence.
@@ -310,6 +388,7 @@ impl Backend for LlamaCppBackend {
             order.push((self.slot(entry.seq)?, i));
         }
         order.sort_unstable();
+        self.make_room(batch.iter().map(|e| e.tokens.len()).sum());
         let mut rows = vec![None; batch.len()];
         for &(slot, i) in &order {
             let entry = &batch[i];
@@ -368,7 +447,7 @@ impl Backend for LlamaCppBackend {
         // As llama-server decides: a slot is taken for its prefix only when that covers more
         // than half of the new tokens. A smaller match (a shared "Document 3-" at the start of
         // two different documents) would save a few tokens and wipe a whole cached prompt;
-        // such a sequence gets the lowest free slot instead.
+        // such a sequence gets a free slot as any other does.
         if common == 0 || 2 * common <= tokens.len() {
             return 0;
         }
@@ -397,21 +476,48 @@ mod tests {
             .unwrap();
         let layout = |budget| kv_layout(&config, budget, 1000);
         // Plenty of memory: MAX_NUM_SEQS streams of MAX_MODEL_LEN, padded to 256 cells.
+        let streams = KvLayout::Streams {
+            seqs: 4,
+            cells_per_seq: 2048,
+        };
+        assert_eq!(layout(1 << 40).unwrap(), streams);
+        assert_eq!(layout(4 * 2048 * 1000).unwrap(), streams);
+        assert!(!streams.unified());
+        assert_eq!(streams.cells(), 4 * 2048);
+        // Less: every sequence slot still, sharing every whole 256 cells the budget holds.
+        let pool = layout(4 * 2048 * 1000 - 1).unwrap();
         assert_eq!(
-            layout(1 << 40).unwrap(),
-            KvLayout {
+            pool,
+            KvLayout::Pool {
                 seqs: 4,
-                cells_per_seq: 2048
+                cells: 4 * 2048 - 256
             }
         );
-        // Budget-bound: whole streams only.
-        assert_eq!(layout(3 * 2048 * 1000 + 1).unwrap().seqs, 3);
-        // Less than one sequence: refused, naming MAX_MODEL_LEN.
+        assert!(pool.unified());
+        assert_eq!(layout(2100 * 1000).unwrap().cells(), 2048);
+        // Less than one sequence of MAX_MODEL_LEN: refused, naming it.
         let err = layout(2047 * 1000).unwrap_err();
         assert!(err.to_string().contains("MAX_MODEL_LEN"), "{err}");
-        // llama.cpp's own cap on sequences.
+        // llama.cpp's own cap on sequences, in either layout.
         let many = config.clone().with_max_num_seqs(1000);
-        assert_eq!(kv_layout(&many, 1 << 50, 1000).unwrap().seqs, LLAMA_MAX_SEQ);
+        assert_eq!(
+            kv_layout(&many, 1 << 50, 1000).unwrap().seqs(),
+            LLAMA_MAX_SEQ
+        );
+        assert_eq!(
+            kv_layout(&many, 1 << 30, 1000).unwrap().seqs(),
+            LLAMA_MAX_SEQ
+        );
+        // Livepeer's defaults on the CPU with SmolLM2 (23 040 bytes a token): 4 GiB holds 22
+        // streams of 8192, so all 128 sequences share one pool of 186 368 cells.
+        let default = PipelineConfig::default().validated().unwrap();
+        assert_eq!(
+            kv_layout(&default, 4 << 30, 23_040).unwrap(),
+            KvLayout::Pool {
+                seqs: 128,
+                cells: 186_368
+            }
+        );
     }
 
     #[test]

@@ -598,22 +598,43 @@ impl<B: Backend> Actor<B> {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        let admitted_from = self.running.len();
+        let mut first_admission = Vec::with_capacity(plan.admit);
         for _ in 0..plan.admit {
             if let Some(mut seq) = self.waiting.pop_front() {
+                first_admission.push(seq.cached_prompt().is_none());
                 let known = seq.tokens();
                 let reused = self.backend.reuse_prefix(seq.id, &known[..known.len() - 1]);
                 seq.start_at(reused);
-                self.shared
-                    .counters
-                    .cached_tokens
-                    .fetch_add(u64::from(seq.computed), Ordering::Relaxed);
                 self.running.push(seq);
             }
         }
-        if plan.chunks.is_empty() {
+        // The plan counted each admitted sequence as computing from its first token, but the
+        // cells it reuses are its own as well, and a long cached prefix may not fit where the
+        // plan gave room for a prefill chunk: the newest admissions wait, their cells kept in
+        // the backend's prefix cache, until the step fits.
+        let mut chunks = plan.chunks;
+        while self.running.len() > admitted_from
+            && self.kv_after(&chunks) > u64::from(budget.kv_capacity)
+        {
+            let mut seq = self.running.pop().expect("an admitted sequence");
+            self.release(seq.id);
+            seq.unstart(first_admission.pop().unwrap_or(false));
+            chunks.retain(|c| c.id != seq.id);
+            self.waiting.push_front(seq);
+        }
+        let reused: u64 = self.running[admitted_from..]
+            .iter()
+            .map(|s| u64::from(s.computed))
+            .sum();
+        self.shared
+            .counters
+            .cached_tokens
+            .fetch_add(reused, Ordering::Relaxed);
+        if chunks.is_empty() {
             return;
         }
-        let order = self.locate(&plan.chunks);
+        let order = self.locate(&chunks);
         self.logits.clear();
         // The grammar masks of the tokens this step samples depend only on the tokens so far:
         // with several of them, they are computed on another thread while the backend computes
@@ -726,6 +747,17 @@ impl<B: Backend> Actor<B> {
 
     /// Maps the plan's chunks to indices in `running`, in plan order. A chunk planned before
     /// its sequence reused a cached prefix is cut to what is still pending.
+    /// The KV cells the running sequences hold once `chunks` are computed.
+    fn kv_after(&self, chunks: &[Chunk]) -> u64 {
+        let held: u64 = self.running.iter().map(|s| u64::from(s.computed)).sum();
+        let step: u64 = self
+            .locate(chunks)
+            .iter()
+            .map(|&(_, len)| u64::from(len))
+            .sum();
+        held + step
+    }
+
     fn locate(&self, chunks: &[Chunk]) -> Vec<(usize, u32)> {
         chunks
             .iter()

@@ -74,6 +74,20 @@ impl Sequence {
             .get_or_insert(self.computed.min(self.prompt_len as u32));
     }
 
+    /// Undoes [`Sequence::start_at`] when the step that admitted the sequence had no room for
+    /// it after all: nothing is computed, and a `first` admission is forgotten.
+    pub(super) fn unstart(&mut self, first: bool) {
+        self.computed = 0;
+        if first {
+            self.cached_prompt = None;
+        }
+    }
+
+    /// Prompt tokens the backend had cached at the first admission, once admitted.
+    pub(super) fn cached_prompt(&self) -> Option<u32> {
+        self.cached_prompt
+    }
+
     pub(super) fn view(&self) -> SeqView {
         SeqView {
             id: self.id,

@@ -279,12 +279,13 @@ fn long_prompts_are_prefilled_in_chunks_under_the_token_budget() {
     assert_eq!(&steps[..7], &[16, 16, 16, 16, 16, 16, 4]);
 }
 
-#[test]
-fn kv_exhaustion_preempts_and_recomputes_without_changing_outputs() {
-    // Room for about two sequences at a time; five of them, each growing to 70 tokens.
+/// Five sequences each growing to 70 tokens in room for about two at a time: every output as
+/// without preemption; returns the engine's counters.
+fn five_sequences_in_150_cells(prefix_cache: bool) -> EngineStats {
     let (engine, _) = start(Setup {
         kv_capacity: 150,
         max_model_len: 128,
+        prefix_cache,
         ..Setup::default()
     });
     let prompts: Vec<Vec<u32>> = (0..5).map(|i| prompt(i + 40, 30)).collect();
@@ -293,11 +294,27 @@ fn kv_exhaustion_preempts_and_recomputes_without_changing_outputs() {
         .map(|p| engine.submit(request(p.clone(), 40)).unwrap())
         .collect();
     for (p, rx) in prompts.iter().zip(receivers) {
-        let (tokens, _) = collect(rx);
-        assert_eq!(tokens, expected(p, 40, 128).0);
+        let (tokens, f) = collect(rx);
+        assert_eq!((tokens, f.reason), expected(p, 40, 128));
     }
     let stats = settle(&engine);
+    assert_eq!(stats.faults, 0, "{stats:?}");
     assert!(stats.preemptions > 0, "{stats:?}");
+    stats
+}
+
+#[test]
+fn kv_exhaustion_preempts_and_recomputes_without_changing_outputs() {
+    five_sequences_in_150_cells(false);
+}
+
+#[test]
+fn reused_prefixes_never_overrun_a_full_cache() {
+    // With prefix caching, a preempted sequence comes back holding its cached prefix, more
+    // cells than the prefill chunk the plan made room for. It waits instead of overrunning the
+    // cache, which this backend refuses as a fault.
+    let stats = five_sequences_in_150_cells(true);
+    assert!(stats.cached_tokens > 0, "{stats:?}");
 }
 
 #[test]
