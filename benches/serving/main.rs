@@ -33,8 +33,10 @@
 //! Every system gets `--max-model-len` tokens of context per sequence and by default a KV cache
 //! that holds that much for every client. With `--kv-cells N` they all get the same KV memory
 //! instead, N cells of SmolLM2's f16 keys and values (23 040 bytes each): ours as
-//! `CPU_KV_CACHE_SPACE`, llama-server as one unified pool of N cells (`-c N --kv-unified`) for
-//! all its slots, since its per-slot streams would cut each slot's context to N ÷ slots.
+//! `CPU_KV_CACHE_SPACE` (our llama.cpp backend then runs as many streams as fit, or one pool
+//! with `KV_UNIFIED=true` in the environment), llama-server as one unified pool of N cells
+//! (`-c N --kv-unified`) for all its slots, since its per-slot streams would cut each slot's
+//! context to N ÷ slots.
 //!
 //! Each system runs in a child process of its own (see `benches/throughput.rs` for why two
 //! llama.cpp engines must not share a process); this process only generates load.

@@ -27,6 +27,8 @@ fn config(model: &Path, kv_bytes: u64) -> PipelineConfig {
         .with_max_num_batched_tokens(512)
         .with_threads(2)
         .with_cpu_kv_cache_bytes(kv_bytes)
+        // llama.cpp shares one pool among the sequences; the other backends always do.
+        .with_kv_unified(true)
         .validated()
         .expect("a valid test configuration")
 }
@@ -97,8 +99,8 @@ async fn preempts(backend: &str, model: &Path, bytes_per_cell: u64, cells: u32) 
 
 #[tokio::test]
 async fn llama_cpp_preempts_when_its_kv_pool_is_full() {
-    // f16 keys and values. The budget holds 1.25 streams of MAX_MODEL_LEN, so the sequences
-    // share one pool, of the whole 256 cells llama.cpp allocates in. The prompts share their
+    // f16 keys and values. The budget holds 1.25 streams of MAX_MODEL_LEN, so with KV_UNIFIED
+    // the sequences share one pool, of the whole 256 cells llama.cpp allocates in. The prompts share their
     // start, so released and preempted sequences leave cells that later ones reuse or that
     // running ones need back.
     preempts(
@@ -110,8 +112,23 @@ async fn llama_cpp_preempts_when_its_kv_pool_is_full() {
     .await;
 }
 
-/// A KV budget of two whole `MAX_MODEL_LEN` streams no longer means two sequences at a time:
-/// eight short requests share the pool and run in one batch. (Their greedy answers are not
+#[tokio::test]
+async fn llama_cpp_queues_beyond_its_sequence_streams() {
+    // Two whole MAX_MODEL_LEN streams of f16 KV, without KV_UNIFIED: llama.cpp reserves each
+    // slot's cells, so the engine admits two sequences at a time and queues the rest; none
+    // needs preempting.
+    let bytes = 2 * u64::from(MAX_MODEL_LEN) * KV_ELEMENTS * 2;
+    let config = config(&super::support::smollm2(), bytes).with_kv_unified(false);
+    let pipeline = llm_pipeline::load_async("llama-cpp", config)
+        .await
+        .expect("llama.cpp loads");
+    assert_eq!(pipeline.engine().backend_info().max_seqs, 2);
+    let (stats, _) = overload(pipeline).await;
+    assert_eq!(stats.preemptions, 0, "{stats:?}");
+}
+
+/// With KV_UNIFIED, a KV budget of two whole `MAX_MODEL_LEN` streams no longer means two
+/// sequences at a time: eight short requests share the pool and run in one batch. (Their greedy answers are not
 /// compared with each one's alone: in a pool, attention runs over cells that other sequences'
 /// tokens interleave, which changes the last bits of SmolLM2's logits and, at a near-tie, a
 /// token.)

@@ -9,7 +9,8 @@
 //! threads, default: the available cores), `SAMPLING_THREADS` (threads that sample a step's
 //! rows, default: `NUM_THREADS`), `MAX_QUEUE` (waiting requests before refusal),
 //! `ENABLE_PREFIX_CACHING` (reuse the KV cache of earlier requests' common prefixes where the
-//! backend can, default true, as in vLLM), `CHAT_TEMPLATE` (a template file replacing the
+//! backend can, default true, as in vLLM), `KV_UNIFIED` (llama.cpp: one KV pool shared by all
+//! sequences when their streams do not all fit, default false), `CHAT_TEMPLATE` (a template file replacing the
 //! model's), `TOOL_CALL_PARSER` (the tool-call format, by default the template's), the hub's `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`, and the prices
 //! `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
 //!
@@ -88,6 +89,13 @@ pub struct PipelineConfig {
     /// `ENABLE_PREFIX_CACHING`: whether backends that can reuse the KV cache of a prefix
     /// computed for an earlier request do so.
     pub prefix_caching: bool,
+    /// `KV_UNIFIED`: whether the llama.cpp backend, when the KV budget cannot hold a
+    /// `MAX_MODEL_LEN` stream for every sequence, shares one pool of cells among them all
+    /// (llama.cpp's unified cache) rather than running only as many sequences as streams fit.
+    /// More sequences at once, but attention then reads every sequence's cells: on a CPU it
+    /// made decoding 2.5 to 2.9 times slower (`BENCHMARKS.md`). The other backends always
+    /// share their budget.
+    pub kv_unified: bool,
     /// `PRICE_PER_UNIT` / `PIXELS_PER_UNIT`.
     pub prices: PriceTable,
     /// `CHAT_TEMPLATE`: a file holding a Jinja chat template to use instead of the model's own
@@ -118,6 +126,7 @@ impl Default for PipelineConfig {
             sampling_threads: None,
             max_queue: 1024,
             prefix_caching: true,
+            kv_unified: false,
             prices: PriceTable::default(),
             chat_template: None,
             tool_call_parser: None,
@@ -191,6 +200,10 @@ impl PipelineConfig {
             prefix_caching: match get("ENABLE_PREFIX_CACHING") {
                 Some(v) => parse_bool("ENABLE_PREFIX_CACHING", &v)?,
                 None => d.prefix_caching,
+            },
+            kv_unified: match get("KV_UNIFIED") {
+                Some(v) => parse_bool("KV_UNIFIED", &v)?,
+                None => d.kv_unified,
             },
             prices: PriceTable {
                 price_per_unit: parse_or("PRICE_PER_UNIT", get("PRICE_PER_UNIT"), 0u64)?,
@@ -353,6 +366,12 @@ impl PipelineConfig {
         self
     }
 
+    /// Lets the llama.cpp backend share one KV pool among all sequences (`KV_UNIFIED`).
+    pub fn with_kv_unified(mut self, on: bool) -> Self {
+        self.kv_unified = on;
+        self
+    }
+
     /// Sets how missing models are downloaded (`HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`).
     #[must_use]
     pub fn with_hub(mut self, hub: HubSettings) -> Self {
@@ -456,9 +475,11 @@ mod tests {
             ("PRICE_PER_UNIT", "7"),
             ("PIXELS_PER_UNIT", "3"),
             ("ENABLE_PREFIX_CACHING", "false"),
+            ("KV_UNIFIED", "true"),
         ])
         .unwrap();
         assert!(!c.prefix_caching);
+        assert!(c.kv_unified);
         assert_eq!(c.quantization, Quantization::Int8);
         assert_eq!(
             (c.max_num_seqs, c.max_model_len, c.max_num_batched_tokens),

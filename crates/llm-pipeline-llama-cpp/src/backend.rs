@@ -1,7 +1,8 @@
 //! [`Backend`] over one llama.cpp context shared by all running sequences.
 //!
-//! The context holds either one KV stream of `MAX_MODEL_LEN` cells per sequence slot, when the
-//! memory budget holds that many, or one pool of cells that all slots share (see [`kv_layout`]).
+//! The context holds one KV stream of `MAX_MODEL_LEN` cells per sequence slot, as many as the
+//! memory budget holds, or with `KV_UNIFIED` one pool of cells that all slots share when the
+//! streams do not all fit (see [`kv_layout`]).
 //! Each engine step is one `llama_decode` over a batch mixing prefill chunks and decode tokens,
 //! asking for logits only where the engine needs them. Engine sequence ids are mapped to
 //! llama.cpp's sequence slots.
@@ -179,16 +180,18 @@ impl std::fmt::Display for KvLayout {
 /// Sizes the KV cache for `MAX_NUM_SEQS` sequences of up to `MAX_MODEL_LEN` tokens under the
 /// memory budget.
 ///
-/// When the budget holds a whole `MAX_MODEL_LEN` stream for every sequence, each gets its own
-/// ([`KvLayout::Streams`]): attention then runs over the sequence's own cells only, in the same
-/// order whatever else is in the batch, so a greedy answer does not depend on the other
-/// requests, and attention costs each sequence only its own length. Reserving whole streams
-/// would otherwise let the budget, not the work, cap concurrency (4 GiB holds 22 streams of
-/// 8192 cells of SmolLM2), so below that the sequences share one pool of every cell the budget
-/// holds ([`KvLayout::Pool`]), and the engine admits sequences by the tokens they hold, as
-/// vLLM's paged cache does. In a pool, llama.cpp's attention reads every occupied cell and
-/// masks out the other sequences', so its cost grows with the tokens of the whole batch, and
-/// the order in which a step adds those cells can change a sequence's last bits.
+/// By default each sequence gets its own stream of `MAX_MODEL_LEN` cells
+/// ([`KvLayout::Streams`]), as many as the budget holds: attention then runs over the
+/// sequence's own cells only, in the same order whatever else is in the batch, so a greedy
+/// answer does not depend on the other requests, and attention costs each sequence only its
+/// own length. Whole streams let the budget cap concurrency (4 GiB holds 22 streams of 8192
+/// cells of SmolLM2). With `KV_UNIFIED`, when the streams do not all fit, the sequences share
+/// one pool of every cell the budget holds instead ([`KvLayout::Pool`]) and the engine admits
+/// them by the tokens they hold, as vLLM's paged cache does. But llama.cpp's attention over a
+/// pool reads every occupied cell and masks out the other sequences', so its cost grows with
+/// the tokens of the whole batch (on a CPU, decoding 64 sequences was 2.5 times slower than 22
+/// streams running them in turn), and where a step puts other sequences' cells changes a
+/// sequence's last bits.
 ///
 /// The budget is `GPU_MEMORY_UTILIZATION × GPU memory − memory in use − weights` on a GPU, and
 /// `CPU_KV_CACHE_SPACE` on the CPU.
@@ -201,16 +204,26 @@ pub fn kv_layout(
     bytes_per_token: u64,
 ) -> Result<KvLayout, LlamaCppError> {
     let cells_per_seq = config.max_model_len.div_ceil(256).saturating_mul(256);
-    let seqs = config.max_num_seqs.min(LLAMA_MAX_SEQ);
+    let wanted = config.max_num_seqs.min(LLAMA_MAX_SEQ);
     let fit = budget_bytes / bytes_per_token.max(1);
-    if fit >= u64::from(seqs) * u64::from(cells_per_seq) {
+    let streams = (fit / u64::from(cells_per_seq)).min(u64::from(wanted)) as u32;
+    let cells = (fit.min(u64::from(u32::MAX)) as u32) / 256 * 256;
+    if streams == wanted || (!config.kv_unified && streams > 0) {
+        if streams < config.max_num_seqs {
+            tracing::warn!(
+                requested = config.max_num_seqs,
+                streams,
+                budget_bytes,
+                "the KV budget holds fewer MAX_MODEL_LEN streams than MAX_NUM_SEQS \
+                 (KV_UNIFIED shares one pool among them all)"
+            );
+        }
         return Ok(KvLayout::Streams {
-            seqs,
+            seqs: streams,
             cells_per_seq,
         });
     }
-    let cells = (fit.min(u64::from(u32::MAX)) as u32) / 256 * 256;
-    if cells < config.max_model_len {
+    if !config.kv_unified || cells < config.max_model_len {
         return Err(LlamaCppError::Unsupported {
             setting: "MAX_MODEL_LEN",
             message: format!(
@@ -218,11 +231,14 @@ pub fn kv_layout(
                  ({bytes_per_token} per token) but the budget is {budget_bytes}; lower \
                  MAX_MODEL_LEN or raise CPU_KV_CACHE_SPACE / GPU_MEMORY_UTILIZATION",
                 config.max_model_len,
-                u64::from(config.max_model_len) * bytes_per_token,
+                u64::from(cells_per_seq) * bytes_per_token,
             ),
         });
     }
-    Ok(KvLayout::Pool { seqs, cells })
+    Ok(KvLayout::Pool {
+        seqs: wanted,
+        cells,
+    })
 }
 
 impl LlamaCppBackend {
@@ -475,31 +491,41 @@ mod tests {
             .validated()
             .unwrap();
         let layout = |budget| kv_layout(&config, budget, 1000);
-        // Plenty of memory: MAX_NUM_SEQS streams of MAX_MODEL_LEN, padded to 256 cells.
+        let pooled = config.clone().with_kv_unified(true);
+        let pool = |budget| kv_layout(&pooled, budget, 1000);
+        // Plenty of memory: MAX_NUM_SEQS streams of MAX_MODEL_LEN, padded to 256 cells, with
+        // or without KV_UNIFIED.
         let streams = KvLayout::Streams {
             seqs: 4,
             cells_per_seq: 2048,
         };
-        assert_eq!(layout(1 << 40).unwrap(), streams);
-        assert_eq!(layout(4 * 2048 * 1000).unwrap(), streams);
+        for budget in [1 << 40, 4 * 2048 * 1000] {
+            assert_eq!(layout(budget).unwrap(), streams);
+            assert_eq!(pool(budget).unwrap(), streams);
+        }
         assert!(!streams.unified());
         assert_eq!(streams.cells(), 4 * 2048);
-        // Less: every sequence slot still, sharing every whole 256 cells the budget holds.
-        let pool = layout(4 * 2048 * 1000 - 1).unwrap();
+        // Less: whole streams only by default...
+        let three = layout(4 * 2048 * 1000 - 1).unwrap();
+        assert_eq!((three.seqs(), three.cells()), (3, 3 * 2048));
+        // ...or, with KV_UNIFIED, every sequence slot sharing every whole 256 cells.
+        let shared = pool(4 * 2048 * 1000 - 1).unwrap();
         assert_eq!(
-            pool,
+            shared,
             KvLayout::Pool {
                 seqs: 4,
                 cells: 4 * 2048 - 256
             }
         );
-        assert!(pool.unified());
-        assert_eq!(layout(2100 * 1000).unwrap().cells(), 2048);
+        assert!(shared.unified());
+        assert_eq!(pool(2100 * 1000).unwrap().cells(), 2048);
         // Less than one sequence of MAX_MODEL_LEN: refused, naming it.
-        let err = layout(2047 * 1000).unwrap_err();
-        assert!(err.to_string().contains("MAX_MODEL_LEN"), "{err}");
+        for err in [layout(2047 * 1000), pool(2047 * 1000)] {
+            let err = err.unwrap_err();
+            assert!(err.to_string().contains("MAX_MODEL_LEN"), "{err}");
+        }
         // llama.cpp's own cap on sequences, in either layout.
-        let many = config.clone().with_max_num_seqs(1000);
+        let many = pooled.with_max_num_seqs(1000);
         assert_eq!(
             kv_layout(&many, 1 << 50, 1000).unwrap().seqs(),
             LLAMA_MAX_SEQ
@@ -509,10 +535,11 @@ mod tests {
             LLAMA_MAX_SEQ
         );
         // Livepeer's defaults on the CPU with SmolLM2 (23 040 bytes a token): 4 GiB holds 22
-        // streams of 8192, so all 128 sequences share one pool of 186 368 cells.
+        // streams of 8192; with KV_UNIFIED all 128 sequences share a pool of 186 368 cells.
         let default = PipelineConfig::default().validated().unwrap();
+        assert_eq!(kv_layout(&default, 4 << 30, 23_040).unwrap().seqs(), 22);
         assert_eq!(
-            kv_layout(&default, 4 << 30, 23_040).unwrap(),
+            kv_layout(&default.with_kv_unified(true), 4 << 30, 23_040).unwrap(),
             KvLayout::Pool {
                 seqs: 128,
                 cells: 186_368

@@ -136,6 +136,14 @@ pub(crate) const PIPELINE: &[Var] = &[
         default: || Some(pipeline().prefix_caching.to_string()),
     },
     Var {
+        flag: "kv-unified",
+        var: "KV_UNIFIED",
+        value: "BOOL",
+        help: "llama.cpp: when the KV budget holds fewer MAX_MODEL_LEN streams than MAX_NUM_SEQS, \
+               share one pool of cells among all sequences (more at once, slower attention)",
+        default: || Some(pipeline().kv_unified.to_string()),
+    },
+    Var {
         flag: "chat-template",
         var: "CHAT_TEMPLATE",
         value: "FILE",
