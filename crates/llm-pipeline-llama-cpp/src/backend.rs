@@ -207,7 +207,6 @@ pub fn kv_layout(
     let wanted = config.max_num_seqs.min(LLAMA_MAX_SEQ);
     let fit = budget_bytes / bytes_per_token.max(1);
     let streams = (fit / u64::from(cells_per_seq)).min(u64::from(wanted)) as u32;
-    let cells = (fit.min(u64::from(u32::MAX)) as u32) / 256 * 256;
     if streams == wanted || (!config.kv_unified && streams > 0) {
         if streams < config.max_num_seqs {
             tracing::warn!(
@@ -223,6 +222,7 @@ pub fn kv_layout(
             cells_per_seq,
         });
     }
+    let cells = (fit.min(u64::from(u32::MAX)) as u32) / 256 * 256;
     if !config.kv_unified || cells < config.max_model_len {
         return Err(LlamaCppError::Unsupported {
             setting: "MAX_MODEL_LEN",

@@ -745,8 +745,6 @@ impl<B: Backend> Actor<B> {
         }
     }
 
-    /// Maps the plan's chunks to indices in `running`, in plan order. A chunk planned before
-    /// its sequence reused a cached prefix is cut to what is still pending.
     /// The KV cells the running sequences hold once `chunks` are computed.
     fn kv_after(&self, chunks: &[Chunk]) -> u64 {
         let held: u64 = self.running.iter().map(|s| u64::from(s.computed)).sum();
@@ -758,6 +756,8 @@ impl<B: Backend> Actor<B> {
         held + step
     }
 
+    /// Maps the plan's chunks to indices in `running`, in plan order. A chunk planned before
+    /// its sequence reused a cached prefix is cut to what is still pending.
     fn locate(&self, chunks: &[Chunk]) -> Vec<(usize, u32)> {
         chunks
             .iter()
