@@ -183,6 +183,8 @@ async fn streamed(body: &LlmRequest) -> Vec<LlmResponse> {
 #[tokio::test]
 async fn go_livepeers_worker_reads_every_answer_and_error() {
     let _turn = EXCLUSIVE.lock().await;
+    // A request another test sent last may still be finishing, as in the capacity test.
+    settled().await;
     assert_eq!(wait_until_ready().await, "IDLE");
 
     let answer = whole(&request("What is the capital of France?", 12, false), TOKEN)
