@@ -88,6 +88,7 @@ fn measure(a: &Args, tokenizer: &Arc<Tokenizer>, seqs: u32, top_p: bool, threads
             max_num_batched_tokens: seqs * 16,
             max_queue: seqs,
             sampling_threads: threads,
+            speculative_tokens: 0,
         },
     )
     .expect("the engine starts");

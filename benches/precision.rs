@@ -187,7 +187,7 @@ fn decode(backend: &mut CandleBackend, batch: u32, tokens: u32) -> f64 {
             seq: s,
             start: 0,
             tokens: &prompt,
-            wants_logits: true,
+            logits: 1,
         }];
         backend.forward(&entry, &mut logits).expect("prefill");
     }
@@ -202,7 +202,7 @@ fn decode(backend: &mut CandleBackend, batch: u32, tokens: u32) -> f64 {
                 seq,
                 start: 32 + step,
                 tokens: t,
-                wants_logits: true,
+                logits: 1,
             })
             .collect();
         backend.forward(&entries, &mut logits).expect("decode step");

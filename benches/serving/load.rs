@@ -51,6 +51,9 @@ pub(crate) enum Mix {
     /// constrained decoding costs. An answer ends when its JSON closes, so answers may be
     /// shorter than `max_tokens`; tokens/s counts the tokens generated.
     Json,
+    /// Copy-heavy: the document to restate in full, where speculative decoding by prompt
+    /// lookup guesses most tokens (summaries, quotes, edits, extraction). New in every pass.
+    Copy,
 }
 
 /// The schema of [`Mix::Json`]: an answer in a free string, with a few typed fields around it.
@@ -84,6 +87,7 @@ impl Mix {
             Self::Prefill => "prefill",
             Self::Turns => "turns",
             Self::Json => "json",
+            Self::Copy => "copy",
         }
     }
 
@@ -94,6 +98,9 @@ impl Mix {
             Self::Chat | Self::Json => PROMPTS[(c + r) as usize % PROMPTS.len()].clone(),
             Self::Prefill => format!(
                 "Document {pass}-{c}-{r}. {DOCUMENT} Summarize the document in one sentence."
+            ),
+            Self::Copy => format!(
+                "Document {pass}-{c}-{r}. {DOCUMENT} Repeat the document above word for word."
             ),
             Self::Turns if r == 0 => {
                 let opening = &DOCUMENT[..DOCUMENT.find(" Hotels").unwrap_or(DOCUMENT.len())];

@@ -7,6 +7,7 @@
 //! cargo bench --features server,candle --bench serving -- [--threads 2] [--tokens 64]
 //!     [--clients 1,8,32] [--rounds 2] [--passes 2] [--prefill-clients 8] [--prefill-tokens 8]
 //!     [--turns-clients 8] [--turns 4] [--turns-tokens 32] [--json-clients 1,32]
+//!     [--copy-clients 1] [--llama-server-args "--spec-type ngram-simple"]
 //!     [--max-model-len 512] [--kv-cells N]
 //!     [--llama-server PATH] [--mistralrs LAUNCHER] [--systems ours,engine,llama-server,mistral.rs]
 //!     [--json PATH] [--markdown PATH]
@@ -76,6 +77,10 @@ pub(crate) struct Args {
     turns_tokens: u32,
     /// Clients of the JSON-schema workloads (none by default).
     json_clients: Vec<u32>,
+    /// Clients of the copy-heavy workloads (none by default).
+    copy_clients: Vec<u32>,
+    /// More flags for llama-server (its speculative decoding options).
+    pub(crate) llama_server_args: Vec<String>,
     llama_server: Option<PathBuf>,
     mistralrs: Option<PathBuf>,
     systems: Option<Vec<String>>,
@@ -93,6 +98,7 @@ impl Args {
             .copied()
             .chain([self.prefill_clients, self.turns_clients])
             .chain(self.json_clients.iter().copied())
+            .chain(self.copy_clients.iter().copied())
             .max()
             .unwrap_or(1)
     }
@@ -127,13 +133,25 @@ impl Args {
             pass: 0,
             max_tokens: self.tokens,
         });
-        chat.chain(prefill).chain(turns).chain(json).collect()
+        let copy = self.copy_clients.iter().map(|&clients| Load {
+            mix: Mix::Copy,
+            clients,
+            rounds: self.rounds,
+            pass: 0,
+            max_tokens: self.tokens,
+        });
+        chat.chain(prefill)
+            .chain(turns)
+            .chain(json)
+            .chain(copy)
+            .collect()
     }
 
     /// The flags that shape the workloads, for a child process.
     pub(crate) fn forwarded(&self) -> Vec<String> {
         let clients: Vec<String> = self.clients.iter().map(u32::to_string).collect();
         let json_clients: Vec<String> = self.json_clients.iter().map(u32::to_string).collect();
+        let copy_clients: Vec<String> = self.copy_clients.iter().map(u32::to_string).collect();
         [
             ("--threads", self.threads.to_string()),
             ("--max-model-len", self.max_model_len.to_string()),
@@ -150,6 +168,7 @@ impl Args {
             ("--turns", self.turns.to_string()),
             ("--turns-tokens", self.turns_tokens.to_string()),
             ("--json-clients", json_clients.join(",")),
+            ("--copy-clients", copy_clients.join(",")),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
@@ -180,6 +199,8 @@ fn args() -> Args {
         turns: 4,
         turns_tokens: 32,
         json_clients: Vec::new(),
+        copy_clients: Vec::new(),
+        llama_server_args: Vec::new(),
         llama_server: env_path("LLM_PIPELINE_LLAMA_SERVER"),
         mistralrs: env_path("LLM_PIPELINE_MISTRALRS"),
         systems: None,
@@ -200,6 +221,7 @@ fn args() -> Args {
         a.turns = 2;
         a.turns_tokens = 2;
         a.json_clients = vec![2];
+        a.copy_clients = vec![1];
         a.systems = Some(vec!["ours".into(), "engine".into()]);
         a.bandwidth_bytes = 64 << 20;
     }
@@ -220,12 +242,19 @@ fn args() -> Args {
             "--turns" => a.turns = num(val()),
             "--turns-tokens" => a.turns_tokens = num(val()),
             "--clients" => a.clients = val().split(',').map(|c| num(c.to_owned())).collect(),
-            "--json-clients" => {
-                a.json_clients = val()
+            "--json-clients" | "--copy-clients" => {
+                let clients = val()
                     .split(',')
                     .filter(|c| !c.is_empty())
                     .map(|c| num(c.to_owned()))
                     .collect();
+                match flag.as_str() {
+                    "--json-clients" => a.json_clients = clients,
+                    _ => a.copy_clients = clients,
+                }
+            }
+            "--llama-server-args" => {
+                a.llama_server_args = val().split_whitespace().map(str::to_owned).collect();
             }
             "--llama-server" => a.llama_server = Some(val().into()),
             "--mistralrs" => a.mistralrs = Some(val().into()),

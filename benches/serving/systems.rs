@@ -85,7 +85,8 @@ impl Peer {
                     // No host-memory prompt cache: ours has none. Weight repacking stays on as
                     // in our backend: `cargo xtask bench` builds llama-server without AMX, whose
                     // repacked kernels die with SIGILL on this VM (else pass `--no-repack`).
-                    .args(["--cache-ram", "0", "--no-webui"]);
+                    .args(["--cache-ram", "0", "--no-webui"])
+                    .args(&a.llama_server_args);
                 cmd
             }
             Self::MistralRs(launcher) => {

@@ -595,10 +595,25 @@ fn write_gguf(a: &Arch, path: &Path, tensors: &HashMap<String, Tensor>) {
     gguf_file::write(&mut file, &meta_refs, &tensor_refs).expect("the GGUF is written");
 }
 
+/// The families of the fixtures.
+pub(crate) const NAMES: [&str; 7] = [
+    "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3",
+];
+
+/// The family's model as a Hugging Face directory, apart from the other tests' copies.
+pub(crate) fn model_dir(name: &str) -> PathBuf {
+    fixture_in(name, "spec").1
+}
+
 /// Writes both forms of the family's model; returns the directory and the GGUF path.
 fn fixture(name: &str) -> (Arch, PathBuf, PathBuf) {
+    fixture_in(name, "arch")
+}
+
+/// As [`fixture`], in a scratch directory of its own for each `use_`.
+fn fixture_in(name: &str, use_: &str) -> (Arch, PathBuf, PathBuf) {
     let a = arch(name);
-    let root = llm_pipeline::core::testing::scratch_dir(&format!("arch-{name}"));
+    let root = llm_pipeline::core::testing::scratch_dir(&format!("{use_}-{name}"));
     let dir = root.join(name);
     let gguf = root.join(format!("{name}.gguf"));
     let tensors = hf_tensors(&a, 11);

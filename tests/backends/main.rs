@@ -25,6 +25,7 @@ use llm_pipeline::llama_cpp::LlamaCppBackend;
 #[cfg(feature = "candle")]
 mod architectures;
 mod kv;
+mod speculative;
 mod structured;
 
 #[path = "../support/mod.rs"]
@@ -171,7 +172,7 @@ fn decode(
             seq: 1,
             start,
             tokens: &input,
-            wants_logits: true,
+            logits: 1,
         }];
         if let Err(e) = backend.forward(&batch, &mut logits) {
             panic!("forward failed: {e}");

@@ -266,6 +266,11 @@ impl Backend for CandleBackend {
         self.kv.release(seq);
     }
 
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), CandleError> {
+        self.kv.truncate(seq, len as usize);
+        Ok(())
+    }
+
     fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
         self.kv.reuse(seq, tokens) as u32
     }

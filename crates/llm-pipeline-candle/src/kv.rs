@@ -329,6 +329,15 @@ impl KvPool {
         }
     }
 
+    /// Forgets what `seq` cached from position `len` on; its cells stay allocated to it, to be
+    /// written again.
+    pub(crate) fn truncate(&mut self, seq: SeqId, len: usize) {
+        if let Some(c) = self.seqs.get_mut(&seq) {
+            c.len = c.len.min(len);
+            c.tokens.truncate(len);
+        }
+    }
+
     /// Frees `seq`'s cache, or with prefix caching retains it as the newest; a no-op for
     /// unknown sequences. Retained caches that hold a prefix of it are dropped: it serves every
     /// request they would (a conversation's earlier turns, a copied system prompt).

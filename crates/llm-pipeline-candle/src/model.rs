@@ -83,8 +83,8 @@ impl Model {
         self.dtype
     }
 
-    /// Runs `batch` and returns the logits `(rows, vocab)` in f32 of the entries that want them,
-    /// in batch order; `None` when none does.
+    /// Runs `batch` and returns the logits `(rows, vocab)` in f32 that the entries ask for, in
+    /// batch order; `None` when none does.
     pub(crate) fn forward(
         &self,
         batch: &[BatchEntry<'_>],
@@ -164,8 +164,10 @@ impl Model {
         }
         let rows: Vec<u32> = spans
             .iter()
-            .filter(|s| batch[s.entry].wants_logits)
-            .map(|s| (s.offset + s.len - 1) as u32)
+            .flat_map(|s| {
+                let first = s.offset + batch[s.entry].first_logits();
+                (first..s.offset + s.len).map(|row| row as u32)
+            })
             .collect();
         if rows.is_empty() {
             return Ok(None);

@@ -32,7 +32,7 @@ fn alone(tokens: &[u32]) -> Vec<Vec<f32>> {
                     seq: 1,
                     start: p as u32,
                     tokens: &tokens[p..=p],
-                    wants_logits: true,
+                    logits: 1,
                 }],
             );
             rows.into_iter().next().unwrap()
@@ -63,7 +63,7 @@ fn a_batch_at_mixed_positions_gives_each_sequence_its_logits_alone() {
                 seq: 10 + i as u64,
                 start: pos[i] as u32,
                 tokens: &prompts[i][pos[i]..pos[i] + counts[i]],
-                wants_logits: true,
+                logits: 1,
             })
             .collect();
         let rows = step(&mut b, &batch);
@@ -92,13 +92,13 @@ fn only_the_rows_asked_for_produce_logits() {
             seq: 1,
             start: 0,
             tokens: &prompts[0][..4],
-            wants_logits: false,
+            logits: 0,
         },
         BatchEntry {
             seq: 2,
             start: 0,
             tokens: &prompts[1][..3],
-            wants_logits: true,
+            logits: 1,
         },
     ];
     let rows = step(&mut b, &batch);
@@ -117,7 +117,7 @@ fn prefill_in_chunks_equals_prefill_at_once() {
             seq: 1,
             start: 0,
             tokens,
-            wants_logits: true,
+            logits: 1,
         }],
     );
     let mut chunked = tiny_backend(&config(&TINY));
@@ -129,7 +129,7 @@ fn prefill_in_chunks_equals_prefill_at_once() {
                 seq: 1,
                 start: start as u32,
                 tokens: &tokens[start..end],
-                wants_logits: true,
+                logits: 1,
             }],
         );
     }
@@ -148,7 +148,7 @@ fn a_long_prefill_attends_in_slices_like_short_chunks() {
             seq: 1,
             start: 0,
             tokens: &tokens,
-            wants_logits: true,
+            logits: 1,
         }],
     );
     let mut chunked = tiny_backend(&config(&TINY));
@@ -160,7 +160,7 @@ fn a_long_prefill_attends_in_slices_like_short_chunks() {
                 seq: 1,
                 start: start as u32,
                 tokens: &tokens[start..start + 100],
-                wants_logits: true,
+                logits: 1,
             }],
         );
     }
@@ -189,7 +189,7 @@ fn entry(seq: u64, start: usize, tokens: &[u32]) -> BatchEntry<'_> {
         seq,
         start: start as u32,
         tokens,
-        wants_logits: true,
+        logits: 1,
     }
 }
 
@@ -240,7 +240,7 @@ fn the_kv_budget_is_reported_and_respected() {
             seq: 1,
             start: 0,
             tokens: &tokens,
-            wants_logits: true,
+            logits: 1,
         }],
     );
     assert!(b.kv_cells_allocated() <= 200);
@@ -249,7 +249,7 @@ fn the_kv_budget_is_reported_and_respected() {
         seq: 2,
         start: 0,
         tokens: &tokens[..60],
-        wants_logits: true,
+        logits: 1,
     };
     assert!(b.forward(&[too_many], &mut logits).is_err());
     b.release(1);
@@ -349,7 +349,7 @@ fn teacher_forced(backend: &mut CandleBackend, prompt: &[u32], forced: &[u32]) -
             seq: 1,
             start: 0,
             tokens: prompt,
-            wants_logits: true,
+            logits: 1,
         }],
     );
     for (i, t) in forced.iter().enumerate() {
@@ -359,7 +359,7 @@ fn teacher_forced(backend: &mut CandleBackend, prompt: &[u32], forced: &[u32]) -
                 seq: 1,
                 start: (prompt.len() + i) as u32,
                 tokens: std::slice::from_ref(t),
-                wants_logits: true,
+                logits: 1,
             }],
         ));
     }

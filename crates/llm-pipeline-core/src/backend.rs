@@ -18,13 +18,24 @@ pub struct BatchEntry<'a> {
     pub seq: SeqId,
     /// Its position of `tokens[0]`; equal to the number of its tokens already in the KV cache.
     pub start: u32,
-    /// The new tokens: a prefill chunk, or the one token sampled last step.
+    /// The new tokens: a prefill chunk, or the one token sampled last step, possibly followed
+    /// by draft tokens to verify (speculative decoding).
     pub tokens: &'a [u32],
-    /// Whether the engine needs the logits after the last of `tokens`.
-    pub wants_logits: bool,
+    /// How many logits rows the engine needs: one after each of the last `logits` of `tokens`,
+    /// in position order. 0 for a prefill chunk that does not end the prompt, 1 after a prompt
+    /// or a decode token, `1 + drafts` when the entry carries draft tokens to verify.
+    pub logits: u32,
 }
 
-/// Logits produced by a step: one row of `vocab_size` floats per entry that asked, in batch order.
+impl BatchEntry<'_> {
+    /// The index in `tokens` of the first token whose logits the engine needs.
+    pub fn first_logits(&self) -> usize {
+        self.tokens.len().saturating_sub(self.logits as usize)
+    }
+}
+
+/// Logits produced by a step: the rows each entry asked for ([`BatchEntry::logits`]), in batch
+/// order and, within an entry, in position order; each row `vocab_size` floats.
 #[derive(Debug, Clone, Default)]
 pub struct Logits {
     vocab_size: usize,
@@ -67,6 +78,19 @@ impl Logits {
     /// Every row, mutable, in order (disjoint, so that they can be sampled in parallel).
     pub fn rows_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
         self.data.chunks_exact_mut(self.vocab_size.max(1))
+    }
+
+    /// Consecutive groups of rows, `counts[i]` rows in group `i`, mutable and disjoint: each
+    /// entry's rows together. Rows beyond the counts are left out.
+    pub fn groups_mut(&mut self, counts: &[usize]) -> Vec<&mut [f32]> {
+        let mut rest = self.data.as_mut_slice();
+        let mut groups = Vec::with_capacity(counts.len());
+        for &n in counts {
+            let (group, tail) = rest.split_at_mut((n * self.vocab_size).min(rest.len()));
+            groups.push(group);
+            rest = tail;
+        }
+        groups
     }
 
     /// Row `i`.
@@ -115,8 +139,8 @@ pub trait Backend: Send {
     /// Facts about the model and the KV budget.
     fn info(&self) -> &BackendInfo;
 
-    /// Runs one step over `batch`, appending to `logits` one row per entry with `wants_logits`,
-    /// in batch order. Each sequence appears at most once per batch.
+    /// Runs one step over `batch`, appending to `logits` the rows each entry asks for
+    /// ([`BatchEntry::logits`]), in batch order. Each sequence appears at most once per batch.
     ///
     /// # Errors
     /// The backend's error when the step cannot run (out of KV cells, device failure). The
@@ -136,6 +160,15 @@ pub trait Backend: Send {
     /// [`reuse_prefix`](Backend::reuse_prefix) may keep the released cells' contents for a later
     /// sequence, as long as they stop counting against the others' capacity.
     fn release(&mut self, seq: SeqId);
+
+    /// Speculative decoding: forgets `seq`'s cached tokens from position `len` on (the draft
+    /// tokens the engine rejected), so that its next entry starts at `len`. Cells freed count
+    /// as free again.
+    ///
+    /// # Errors
+    /// The backend's error when it cannot; the engine then computes the sequence again from
+    /// its first token, as after a preemption, and stops drafting on this backend.
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), Self::Error>;
 
     /// Prefix caching: offers `seq`, about to be computed from its first token (a new sequence,
     /// or one back after preemption), KV cache contents kept from sequences released earlier.

@@ -10,13 +10,19 @@
 //! rows, default: `NUM_THREADS`), `MAX_QUEUE` (waiting requests before refusal),
 //! `ENABLE_PREFIX_CACHING` (reuse the KV cache of earlier requests' common prefixes where the
 //! backend can, default true, as in vLLM), `KV_UNIFIED` (llama.cpp: one KV pool shared by all
-//! sequences when their streams do not all fit, default false), `CHAT_TEMPLATE` (a template file replacing the
+//! sequences when their streams do not all fit, default false), `SPECULATIVE_TOKENS` (draft
+//! tokens per step of speculative decoding by prompt lookup while few sequences run, default
+//! 8, 0 turns it off), `CHAT_TEMPLATE` (a template file replacing the
 //! model's), `TOOL_CALL_PARSER` (the tool-call format, by default the template's), the hub's `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`, and the prices
 //! `PRICE_PER_UNIT`/`PIXELS_PER_UNIT`.
 //!
 //! Values are checked once, here, so that everything downstream can rely on them.
 
 use std::path::PathBuf;
+
+/// The most draft tokens per step `SPECULATIVE_TOKENS` may ask for: beyond a few, a lookup's
+/// guesses are rarely all kept, and each costs a position in the step.
+pub const MAX_SPECULATIVE_TOKENS: u32 = 16;
 
 use crate::pricing::PriceTable;
 use crate::structured::tools::ToolFormat;
@@ -96,6 +102,12 @@ pub struct PipelineConfig {
     /// made decoding 2.5 to 2.9 times slower (`BENCHMARKS.md`). The other backends always
     /// share their budget.
     pub kv_unified: bool,
+    /// `SPECULATIVE_TOKENS`: draft tokens a sequence may carry per step (speculative decoding by
+    /// prompt lookup), made while at most [`SPECULATION_MAX_SEQS`] sequences run; 0 turns it
+    /// off. Answers are the same with or without it.
+    ///
+    /// [`SPECULATION_MAX_SEQS`]: crate::engine::SPECULATION_MAX_SEQS
+    pub speculative_tokens: u32,
     /// `PRICE_PER_UNIT` / `PIXELS_PER_UNIT`.
     pub prices: PriceTable,
     /// `CHAT_TEMPLATE`: a file holding a Jinja chat template to use instead of the model's own
@@ -127,6 +139,7 @@ impl Default for PipelineConfig {
             max_queue: 1024,
             prefix_caching: true,
             kv_unified: false,
+            speculative_tokens: crate::engine::DEFAULT_SPECULATIVE_TOKENS,
             prices: PriceTable::default(),
             chat_template: None,
             tool_call_parser: None,
@@ -205,6 +218,11 @@ impl PipelineConfig {
                 Some(v) => parse_bool("KV_UNIFIED", &v)?,
                 None => d.kv_unified,
             },
+            speculative_tokens: parse_or(
+                "SPECULATIVE_TOKENS",
+                get("SPECULATIVE_TOKENS"),
+                d.speculative_tokens,
+            )?,
             prices: PriceTable {
                 price_per_unit: parse_or("PRICE_PER_UNIT", get("PRICE_PER_UNIT"), 0u64)?,
                 pixels_per_unit: parse_or("PIXELS_PER_UNIT", get("PIXELS_PER_UNIT"), 1u64)?,
@@ -261,6 +279,16 @@ impl PipelineConfig {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        if self.speculative_tokens > MAX_SPECULATIVE_TOKENS {
+            return Err(Error::Config {
+                variable: "SPECULATIVE_TOKENS",
+                message: format!(
+                    "{} draft tokens per step; at most {MAX_SPECULATIVE_TOKENS} (0 turns \
+                     speculative decoding off)",
+                    self.speculative_tokens
+                ),
+            });
         }
         if self.max_model_len < 2 {
             return Err(Error::Config {
@@ -351,6 +379,12 @@ impl PipelineConfig {
     /// Sets the threads that sample a step's rows.
     pub fn with_sampling_threads(mut self, threads: u32) -> Self {
         self.sampling_threads = Some(threads);
+        self
+    }
+
+    /// Sets the draft tokens per step of speculative decoding (0: off).
+    pub fn with_speculative_tokens(mut self, n: u32) -> Self {
+        self.speculative_tokens = n;
         self
     }
 

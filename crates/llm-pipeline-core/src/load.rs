@@ -381,6 +381,7 @@ impl From<&PipelineConfig> for EngineLimits {
             max_num_batched_tokens: config.max_num_batched_tokens,
             max_queue: config.max_queue,
             sampling_threads: config.sampling_threads.or(config.threads).unwrap_or(0),
+            speculative_tokens: config.speculative_tokens,
         }
     }
 }

@@ -128,6 +128,18 @@ pub fn next_token(history: &[u32], stops: Stops) -> u32 {
     (h % u64::from(VOCAB - first)) as u32 + first
 }
 
+/// The copying test model ([`TestBackend::copying`]): the token `period` back, except at every
+/// fifth position (and before `period` tokens exist), where it is [`next_token`]'s. A model
+/// whose output prompt lookup guesses often but not always.
+pub fn copy_token(history: &[u32], period: usize, stops: Stops) -> u32 {
+    let len = history.len();
+    if len >= period && !len.is_multiple_of(5) {
+        history[len - period]
+    } else {
+        next_token(history, stops)
+    }
+}
+
 /// What a [`TestBackend`] saw, shared with the test.
 #[derive(Debug, Default)]
 pub struct Observed {
@@ -175,6 +187,10 @@ pub struct TestBackend {
     failed: Option<StepFailure>,
     /// The logit of the model's token (every other token has 0).
     peak: f32,
+    /// The copying model's period ([`copy_token`]), if it replaces [`next_token`].
+    copy_period: Option<usize>,
+    /// Whether [`Backend::truncate`] fails.
+    uncuttable: bool,
 }
 
 impl TestBackend {
@@ -197,6 +213,8 @@ impl TestBackend {
             retry_from: None,
             failed: None,
             peak: 30.0,
+            copy_period: None,
+            uncuttable: false,
         }
     }
 
@@ -265,6 +283,18 @@ impl TestBackend {
     /// The logit of the model's token; lower values let sampling pick others.
     pub fn with_peak_logit(mut self, peak: f32) -> Self {
         self.peak = peak;
+        self
+    }
+
+    /// Makes the model the copying one ([`copy_token`]) with `period`.
+    pub fn copying(mut self, period: usize) -> Self {
+        self.copy_period = Some(period);
+        self
+    }
+
+    /// Makes [`Backend::truncate`] fail (a backend that cannot cut a sequence's cache).
+    pub fn uncuttable(mut self) -> Self {
+        self.uncuttable = true;
         self
     }
 
@@ -361,9 +391,15 @@ impl Backend for TestBackend {
                 )));
             }
             cache.extend_from_slice(e.tokens);
-            if e.wants_logits {
+            let end = cache.len();
+            for upto in end + e.first_logits() - e.tokens.len()..end {
                 let mut row = vec![0.0; VOCAB as usize];
-                row[next_token(cache, self.stops) as usize] = self.peak;
+                let history = &cache[..=upto];
+                let token = match self.copy_period {
+                    Some(period) => copy_token(history, period, self.stops),
+                    None => next_token(history, self.stops),
+                };
+                row[token as usize] = self.peak;
                 logits.push_row(&row);
             }
         }
@@ -382,6 +418,16 @@ impl Backend for TestBackend {
             self.kept.push(cache);
         }
         self.seen.live.store(self.kv.len(), Ordering::SeqCst);
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), TestError> {
+        if self.uncuttable {
+            return Err(TestError("this backend cannot cut a cache".into()));
+        }
+        if let Some(cache) = self.kv.get_mut(&seq) {
+            cache.truncate(len as usize);
+        }
+        Ok(())
     }
 
     fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {

@@ -405,17 +405,18 @@ impl Backend for LlamaCppBackend {
         }
         order.sort_unstable();
         self.make_room(batch.iter().map(|e| e.tokens.len()).sum());
+        // Each entry's first logits row in the llama.cpp batch; its rows follow it.
         let mut rows = vec![None; batch.len()];
         for &(slot, i) in &order {
             let entry = &batch[i];
-            let last = entry.tokens.len().saturating_sub(1);
+            let first = entry.first_logits();
             for (t, &token) in entry.tokens.iter().enumerate() {
-                let wants = entry.wants_logits && t == last;
+                let wants = entry.logits > 0 && t >= first;
                 let pos = (entry.start as usize + t) as i32;
                 self.batch
                     .add(LlamaToken(token as i32), pos, &[slot], wants)
                     .map_err(|e| LlamaCppError::Batch { source: e })?;
-                if wants {
+                if wants && t == first {
                     rows[i] = Some(self.batch.n_tokens() - 1);
                 }
             }
@@ -434,9 +435,24 @@ impl Backend for LlamaCppBackend {
             cached.truncate(entry.start as usize);
             cached.extend_from_slice(entry.tokens);
         }
-        for i in rows.into_iter().flatten() {
-            logits.push_row(self.ctx.get_logits_ith(i));
+        for (entry, first) in batch.iter().zip(rows) {
+            if let Some(first) = first {
+                for i in first..first + entry.logits as i32 {
+                    logits.push_row(self.ctx.get_logits_ith(i));
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), LlamaCppError> {
+        let Some(&slot) = self.slots.get(&seq) else {
+            return Ok(());
+        };
+        self.cached[slot as usize].truncate(len as usize);
+        self.ctx
+            .kv_cache_seq_rm(slot, Some(len), None)
+            .map_err(|e| LlamaCppError::Truncate { source: e })?;
         Ok(())
     }
 

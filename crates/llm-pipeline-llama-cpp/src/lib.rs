@@ -71,6 +71,14 @@ pub enum LlamaCppError {
         #[source]
         source: llama_cpp_2::DecodeError,
     },
+    /// A sequence's rejected draft tokens could not be removed from the KV cache (recurrent
+    /// models keep no per-position state to cut).
+    #[error("cannot cut a sequence's KV cache")]
+    Truncate {
+        /// llama-cpp-2's error.
+        #[source]
+        source: llama_cpp_2::context::kv_cache::KvCacheConversionError,
+    },
 }
 
 impl From<LlamaCppError> for llm_pipeline_core::Error {

@@ -451,7 +451,55 @@ impl OrtBackend {
         Ok(Outputs { logits, presents })
     }
 
-    /// Copies the logits rows the engine wants: the last real column of each such row.
+    /// Cuts `seq`'s KV to its first `len` tokens, into its own tensors (a resident row leaves
+    /// the resident batch).
+    fn cut<T: KvElem>(&mut self, seq: SeqId, len: usize) -> Result<(), OrtError> {
+        let Some(s) = self.seqs.get(&seq) else {
+            return Ok(());
+        };
+        if s.len <= len {
+            return Ok(());
+        }
+        let (values, row, cols, runs) = match &s.place {
+            Place::Own(values) => (
+                values.as_slice(),
+                0,
+                s.len,
+                std::iter::once(0..s.len).collect(),
+            ),
+            Place::Resident(r) => (
+                self.resident.values.as_slice(),
+                *r,
+                self.resident.cols,
+                self.resident.runs(*r),
+            ),
+        };
+        let src = Source {
+            values,
+            row,
+            cols,
+            runs: kv::first_cells(runs, len),
+        };
+        let own = if len == 0 {
+            Vec::new()
+        } else {
+            kv::compact::<T>(self.shape, &src, &self.meter)?
+        };
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return Ok(());
+        };
+        if let Place::Resident(r) = s.place {
+            self.resident.rows[r] = None;
+            if self.resident.rows.iter().all(Option::is_none) {
+                self.resident = Resident::default();
+            }
+        }
+        s.place = Place::Own(own);
+        s.len = len;
+        Ok(())
+    }
+
+    /// Copies the logits rows the engine wants: the last `logits` real columns of each row.
     fn logits_rows(
         &self,
         outputs: &Outputs,
@@ -464,21 +512,23 @@ impl OrtBackend {
         let err = |source| OrtError::Run { source };
         for (r, i) in order.iter().enumerate() {
             let Some(i) = *i else { continue };
-            if !batch[i].wants_logits {
+            let e = &batch[i];
+            if e.logits == 0 {
                 continue;
             }
-            let at = (r * feed.new_cols + batch[i].tokens.len() - 1) * vocab;
+            let at = (r * feed.new_cols + e.first_logits()) * vocab;
+            let end = (r * feed.new_cols + e.tokens.len()) * vocab;
             out[i] = Some(match self.iface.logits_dtype {
                 Dtype::F16 => {
                     let (_, data) = outputs
                         .logits
                         .try_extract_tensor::<half::f16>()
                         .map_err(err)?;
-                    data[at..at + vocab].iter().map(|x| x.to_f32()).collect()
+                    data[at..end].iter().map(|x| x.to_f32()).collect()
                 }
                 _ => {
                     let (_, data) = outputs.logits.try_extract_tensor::<f32>().map_err(err)?;
-                    data[at..at + vocab].to_vec()
+                    data[at..end].to_vec()
                 }
             });
         }
@@ -577,11 +627,20 @@ impl Backend for OrtBackend {
                 return Err(e);
             }
         }
-        for row in rows.into_iter().flatten() {
-            logits.push_row(&row);
+        for group in rows.into_iter().flatten() {
+            for row in group.chunks_exact(self.iface.vocab_size) {
+                logits.push_row(row);
+            }
         }
         self.meter.end_step(step);
         Ok(())
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), OrtError> {
+        match self.iface.kv_dtype {
+            Dtype::F16 => self.cut::<half::f16>(seq, len as usize),
+            _ => self.cut::<f32>(seq, len as usize),
+        }
     }
 
     fn failure(&mut self, _: &OrtError) -> StepFailure {
@@ -614,13 +673,13 @@ mod tests {
                 seq: 1,
                 start: 3,
                 tokens: &a,
-                wants_logits: true,
+                logits: 1,
             },
             BatchEntry {
                 seq: 2,
                 start: 1,
                 tokens: &b,
-                wants_logits: true,
+                logits: 1,
             },
         ];
         // Pasts of 3 and 1 tokens, padded to 3 past columns and 2 new ones.

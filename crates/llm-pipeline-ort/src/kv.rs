@@ -190,6 +190,20 @@ impl Resident {
     }
 }
 
+/// The first `n` cells of `runs`, in order.
+pub(crate) fn first_cells(runs: Vec<Range<usize>>, mut n: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        if n == 0 {
+            break;
+        }
+        let take = run.len().min(n);
+        out.push(run.start..run.start + take);
+        n -= take;
+    }
+    out
+}
+
 /// Maximal ranges of ones in a mask row.
 pub(crate) fn runs(mask: &[i64]) -> Vec<Range<usize>> {
     let mut out = Vec::new();

@@ -24,7 +24,7 @@ fn alone(backend: &mut OrtBackend, seq: u64, tokens: &[u32], prompt: usize) -> V
             seq,
             start,
             tokens: chunk,
-            wants_logits: true,
+            logits: 1,
         };
         backend.forward(&[entry], &mut logits).unwrap();
         out.push(logits.row(0).to_vec());
@@ -89,7 +89,7 @@ fn batched_equals_alone(backend: &mut OrtBackend, tolerance: f32) -> f32 {
                     seq: id,
                     start: start as u32,
                     tokens: &tokens[start..start + n],
-                    wants_logits: true,
+                    logits: 1,
                 }
             })
             .collect();
@@ -165,7 +165,7 @@ fn a_failed_step_keeps_the_other_sequences_caches() {
             seq: 1,
             start: 0,
             tokens: &tokens[..8],
-            wants_logits: true,
+            logits: 1,
         }],
     )
     .unwrap();
@@ -177,7 +177,7 @@ fn a_failed_step_keeps_the_other_sequences_caches() {
             seq: 2,
             start: 0,
             tokens: &bad,
-            wants_logits: true,
+            logits: 1,
         }],
     )
     .expect_err("a token outside the vocabulary");
@@ -191,7 +191,7 @@ fn a_failed_step_keeps_the_other_sequences_caches() {
                 seq: 1,
                 start: 8 + k as u32,
                 tokens: std::slice::from_ref(t),
-                wants_logits: true,
+                logits: 1,
             }],
         )
         .expect("the other sequence's cache survived");
@@ -396,7 +396,7 @@ fn a_long_sequence_beside_short_ones_runs_apart_within_the_kv_budget() {
                 seq: *id,
                 start: 0,
                 tokens: &t[..*p],
-                wants_logits: true,
+                logits: 1,
             })
             .collect()
     };
@@ -410,7 +410,7 @@ fn a_long_sequence_beside_short_ones_runs_apart_within_the_kv_budget() {
                 seq: *id,
                 start: (p + k) as u32,
                 tokens: &t[p + k..=p + k],
-                wants_logits: true,
+                logits: 1,
             })
             .collect();
         let logits = run(&mut backend, &entries);

@@ -401,6 +401,18 @@ const METRICS: &[Descriptor] = &[
         read: |s| s.engine(|e| e.preemptions),
     },
     Descriptor {
+        name: "llm_spec_decode_draft_tokens_total",
+        help: "Draft tokens verified by speculative decoding (prompt lookup).",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.draft_tokens),
+    },
+    Descriptor {
+        name: "llm_spec_decode_accepted_tokens_total",
+        help: "Draft tokens kept; divided by the drafts, the acceptance rate.",
+        kind: Kind::Counter,
+        read: |s| s.engine(|e| e.accepted_tokens),
+    },
+    Descriptor {
         name: "llm_engine_cancelled_total",
         help: "Sequences cancelled because their client went away.",
         kind: Kind::Counter,

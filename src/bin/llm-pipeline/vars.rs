@@ -144,6 +144,14 @@ pub(crate) const PIPELINE: &[Var] = &[
         default: || Some(pipeline().kv_unified.to_string()),
     },
     Var {
+        flag: "speculative-tokens",
+        var: "SPECULATIVE_TOKENS",
+        value: "N",
+        help: "Draft tokens per step of speculative decoding by prompt lookup, made while few \
+               sequences run (0: off); answers are the same either way",
+        default: || Some(pipeline().speculative_tokens.to_string()),
+    },
+    Var {
         flag: "chat-template",
         var: "CHAT_TEMPLATE",
         value: "FILE",

@@ -211,7 +211,7 @@ pub fn greedy(backend: &mut CandleBackend, seq: u64, prompt: &[u32], steps: usiz
             seq,
             start: 0,
             tokens: prompt,
-            wants_logits: true,
+            logits: 1,
         }],
     );
     for pos in (prompt.len() as u32..).take(steps) {
@@ -223,7 +223,7 @@ pub fn greedy(backend: &mut CandleBackend, seq: u64, prompt: &[u32], steps: usiz
                 seq,
                 start: pos,
                 tokens: &[next],
-                wants_logits: true,
+                logits: 1,
             }],
         );
     }

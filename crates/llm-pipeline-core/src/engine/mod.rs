@@ -22,6 +22,9 @@
 
 pub mod scheduler;
 mod sequence;
+mod speculate;
+
+pub use speculate::{DEFAULT_SPECULATIVE_TOKENS, SPECULATION_MAX_SEQS};
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -54,7 +57,7 @@ use crate::structured::Constraint;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use scheduler::{Budget, Chunk, SeqView};
-use sequence::{Sequence, StepOutcome};
+use sequence::{Sequence, StepOutcome, Verdict};
 
 /// A tokenized request for one sequence.
 #[derive(Debug, Clone)]
@@ -168,6 +171,10 @@ pub struct EngineStats {
     pub faults: u64,
     /// Backend steps that panicked.
     pub panics: u64,
+    /// Draft tokens sent to the backend for verification (speculative decoding).
+    pub draft_tokens: u64,
+    /// Draft tokens kept: each one a token generated without a step of its own.
+    pub accepted_tokens: u64,
     /// Wall time of all engine loop iterations that did work, in nanoseconds: scheduling,
     /// the backend step, sampling, detokenizing and sending events.
     pub step_nanos: u64,
@@ -194,6 +201,8 @@ struct Counters {
     broken: AtomicBool,
     faults: AtomicU64,
     panics: AtomicU64,
+    draft_tokens: AtomicU64,
+    accepted_tokens: AtomicU64,
     step_nanos: AtomicU64,
     backend_nanos: AtomicU64,
 }
@@ -211,6 +220,9 @@ pub struct EngineLimits {
     pub max_queue: u32,
     /// Threads that sample a step's rows (0: the available cores); see [`LOGITS_PER_THREAD`].
     pub sampling_threads: u32,
+    /// Draft tokens per sequence and step (speculative decoding by prompt lookup; 0: none),
+    /// made while at most [`SPECULATION_MAX_SEQS`] sequences run.
+    pub speculative_tokens: u32,
 }
 
 /// Work a sampling thread takes at the least, in logits passed over (a draw passes over its row
@@ -300,6 +312,7 @@ impl Engine {
                             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
                         n => n,
                     },
+                    speculative_tokens: limits.speculative_tokens,
                 };
                 let shared = Arc::new(Shared {
                     counters: Counters::default(),
@@ -377,6 +390,8 @@ impl Engine {
             broken: c.broken.load(Ordering::SeqCst),
             faults: c.faults.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
+            draft_tokens: c.draft_tokens.load(Ordering::Relaxed),
+            accepted_tokens: c.accepted_tokens.load(Ordering::Relaxed),
             step_nanos: c.step_nanos.load(Ordering::Relaxed),
             backend_nanos: c.backend_nanos.load(Ordering::Relaxed),
             capacity: self.capacity(),
@@ -447,11 +462,15 @@ struct Actor<B: Backend> {
     consecutive_faults: u32,
     /// When the backend last panicked.
     last_panic: Option<Instant>,
+    /// Whether steps may carry draft tokens: `speculative_tokens` is set, and the backend has
+    /// not failed to cut rejected ones.
+    speculating: bool,
 }
 
 impl<B: Backend> Actor<B> {
     fn new(backend: B, rx: mpsc::Receiver<Command>, shared: Arc<Shared>) -> Self {
         let logits = Logits::new(shared.info.vocab_size);
+        let speculating = shared.limits.speculative_tokens > 0;
         Self {
             backend,
             rx,
@@ -461,6 +480,7 @@ impl<B: Backend> Actor<B> {
             logits,
             consecutive_faults: 0,
             last_panic: None,
+            speculating,
         }
     }
 
@@ -634,6 +654,7 @@ impl<B: Backend> Actor<B> {
         if chunks.is_empty() {
             return;
         }
+        self.draft(&chunks, budget);
         let order = self.locate(&chunks);
         self.logits.clear();
         // The grammar masks of the tokens this step samples depend only on the tokens so far:
@@ -745,6 +766,37 @@ impl<B: Backend> Actor<B> {
         }
     }
 
+    /// Gives each sequence whose chunk ends its pending tokens this step's draft tokens, while
+    /// at most [`SPECULATION_MAX_SEQS`] sequences run and the step's token and KV budgets have
+    /// room for them; every other sequence of the step carries none.
+    fn draft(&mut self, chunks: &[Chunk], budget: Budget) {
+        let limits = self.shared.limits;
+        let max = if self.speculating && self.running.len() <= SPECULATION_MAX_SEQS {
+            limits.speculative_tokens
+        } else {
+            0
+        };
+        let step: u32 = chunks.iter().map(|c| c.len).sum();
+        let mut tokens_left = budget.max_batched_tokens.saturating_sub(step);
+        let kv_left = u64::from(budget.kv_capacity).saturating_sub(self.kv_after(chunks));
+        let mut kv_left = u32::try_from(kv_left).unwrap_or(u32::MAX);
+        for (i, len) in self.locate(chunks) {
+            let seq = &mut self.running[i];
+            if !seq.completes_pending(len) {
+                seq.drop_draft();
+                continue;
+            }
+            let room = max
+                .min(seq.draft_room(limits.max_model_len))
+                .min(tokens_left)
+                .min(kv_left);
+            seq.draft(room);
+            let drafted = seq.draft_len() as u32;
+            tokens_left -= drafted;
+            kv_left -= drafted;
+        }
+    }
+
     /// The KV cells the running sequences hold once `chunks` are computed.
     fn kv_after(&self, chunks: &[Chunk]) -> u64 {
         let held: u64 = self.running.iter().map(|s| u64::from(s.computed)).sum();
@@ -770,52 +822,56 @@ impl<B: Backend> Actor<B> {
             .collect()
     }
 
-    /// Samples the next token of every sequence whose step asked for logits, detokenizes it and
-    /// sends its event, then retires the finished ones. Rows are sampled in parallel across
-    /// [`EngineLimits::sampling_threads`] when the step has enough of them: each sequence owns
-    /// its sampler (and its seeded random state), its row and its channel, so the outcome is the
-    /// same whatever thread samples it.
+    /// Samples the next token of every sequence whose step asked for logits (and the draft
+    /// tokens it keeps, see [`speculate`]), detokenizes them and sends their events, cuts the
+    /// rejected drafts from the backend's cache, then retires the finished sequences. Sequences
+    /// are sampled in parallel across [`EngineLimits::sampling_threads`] when the step has
+    /// enough rows: each sequence owns its sampler (and its seeded random state), its rows and
+    /// its channel, so the outcome is the same whatever thread samples it.
     fn advance(&mut self, order: &[(usize, u32)]) {
         let tokenizer = Arc::clone(&self.shared.tokenizer);
         let max_model_len = self.shared.limits.max_model_len;
-        // Which sequences sample, each with its row (rows are in batch order).
-        let mut rows_of: Vec<Option<usize>> = vec![None; self.running.len()];
-        let mut rows = 0;
+        let vocab = self.shared.info.vocab_size;
+        // Which sequences sample, each with its group of rows (groups are in batch order).
+        let mut group_of: Vec<Option<usize>> = vec![None; self.running.len()];
+        let mut counts = Vec::new();
         for &(i, len) in order {
             let seq = &mut self.running[i];
             let wants_logits = seq.completes_pending(len);
             seq.computed += len;
             if wants_logits {
-                rows_of[i] = Some(rows);
-                rows += 1;
+                group_of[i] = Some(counts.len());
+                counts.push(1 + seq.draft_len());
             }
         }
-        let mut row_slices: Vec<Option<&mut [f32]>> =
-            self.logits.rows_mut().take(rows).map(Some).collect();
+        let mut groups: Vec<Option<&mut [f32]>> = self
+            .logits
+            .groups_mut(&counts)
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut jobs: Vec<(usize, &mut Sequence, &mut [f32])> = self
             .running
             .iter_mut()
             .enumerate()
             .filter_map(|(i, seq)| {
-                let row = row_slices[rows_of[i]?].take()?;
-                Some((i, seq, row))
+                let rows = groups[group_of[i]?].take()?;
+                Some((i, seq, rows))
             })
             .collect();
-        let passes: usize = jobs.iter().map(|(_, seq, _)| seq.sampling_passes()).sum();
+        let passes: usize = jobs
+            .iter()
+            .map(|(_, seq, rows)| seq.sampling_passes() * rows.len() / vocab.max(1))
+            .sum();
         let threads = (self.shared.limits.sampling_threads as usize)
-            .min(passes * self.shared.info.vocab_size / (8 * LOGITS_PER_THREAD))
+            .min(passes * vocab / (8 * LOGITS_PER_THREAD))
             .max(1);
-        let sample = |jobs: &mut [(usize, &mut Sequence, &mut [f32])]| -> Vec<usize> {
+        let sample = |jobs: &mut [(usize, &mut Sequence, &mut [f32])]| -> Vec<(usize, Verdict)> {
             jobs.iter_mut()
-                .filter_map(
-                    |(i, seq, row)| match seq.sample_next(row, &tokenizer, max_model_len) {
-                        StepOutcome::Finished => Some(*i),
-                        StepOutcome::Continue => None,
-                    },
-                )
+                .map(|(i, seq, rows)| (*i, seq.sample_rows(rows, vocab, &tokenizer, max_model_len)))
                 .collect()
         };
-        let mut done: Vec<usize> = if threads == 1 {
+        let verdicts: Vec<(usize, Verdict)> = if threads == 1 {
             sample(&mut jobs)
         } else {
             let per = jobs.len().div_ceil(threads);
@@ -823,29 +879,77 @@ impl<B: Backend> Actor<B> {
                 let mut parts = jobs.chunks_mut(per);
                 let first = parts.next();
                 let others: Vec<_> = parts.map(|part| scope.spawn(|| sample(part))).collect();
-                let mut done = first.map(sample).unwrap_or_default();
+                let mut verdicts = first.map(sample).unwrap_or_default();
                 for other in others {
                     match other.join() {
-                        Ok(more) => done.extend(more),
+                        Ok(more) => verdicts.extend(more),
                         // Re-raised on the engine thread, whose panic handling applies.
                         Err(panic) => std::panic::resume_unwind(panic),
                     }
                 }
-                done
+                verdicts
             })
         };
         drop(jobs);
-        self.shared
-            .counters
-            .generated_tokens
-            .fetch_add(rows as u64, Ordering::Relaxed);
-        done.sort_unstable();
-        for i in done.into_iter().rev() {
+        let c = &self.shared.counters;
+        let sum = |f: fn(&Verdict) -> u32| verdicts.iter().map(|(_, v)| u64::from(f(v))).sum();
+        c.generated_tokens
+            .fetch_add(sum(|v| v.emitted), Ordering::Relaxed);
+        c.draft_tokens
+            .fetch_add(sum(|v| v.drafted), Ordering::Relaxed);
+        c.accepted_tokens
+            .fetch_add(sum(|v| v.accepted), Ordering::Relaxed);
+        // Sequences that leave the running set: finished, or (`false`) with a cache that could
+        // not be cut, to be computed again from their first token.
+        let mut leaving: Vec<(usize, bool)> = Vec::new();
+        for (i, verdict) in verdicts {
             if i >= self.running.len() {
                 break; // The engine broke down meanwhile and failed them all.
             }
-            let seq = self.running.remove(i);
-            self.retire(&seq, Cache::Held);
+            if verdict.outcome == StepOutcome::Finished {
+                leaving.push((i, true));
+            } else if verdict.rejected() && !self.cut(i) {
+                leaving.push((i, false));
+            }
+        }
+        leaving.sort_unstable();
+        for (i, finished) in leaving.into_iter().rev() {
+            if i >= self.running.len() {
+                break;
+            }
+            let mut seq = self.running.remove(i);
+            if finished {
+                self.retire(&seq, Cache::Held);
+            } else {
+                seq.computed = 0;
+                self.waiting.push_front(seq);
+            }
+        }
+    }
+
+    /// Cuts the rejected draft tokens of running sequence `i` from the backend's cache; says
+    /// whether it could. A backend that cannot gets no more drafts, and the sequence loses its
+    /// cache.
+    fn cut(&mut self, i: usize) -> bool {
+        let (id, len) = (self.running[i].id, self.running[i].computed);
+        let backend = &mut self.backend;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| backend.truncate(id, len))) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    seq = id,
+                    error = %e,
+                    "the backend cannot cut rejected draft tokens; speculative decoding is off"
+                );
+                self.speculating = false;
+                self.release(id);
+                false
+            }
+            Err(payload) => {
+                self.caught_panic("cutting a sequence's cache", payload.as_ref());
+                self.break_down("a panic while cutting a sequence's cache");
+                false
+            }
         }
     }
 

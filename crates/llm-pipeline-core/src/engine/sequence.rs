@@ -20,6 +20,25 @@ pub(super) enum StepOutcome {
     Finished,
 }
 
+/// What sampling a step's rows of one sequence gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Verdict {
+    pub(super) outcome: StepOutcome,
+    /// Tokens emitted: the draft tokens kept, then one sampled.
+    pub(super) emitted: u32,
+    /// Draft tokens the step carried.
+    pub(super) drafted: u32,
+    /// Draft tokens kept.
+    pub(super) accepted: u32,
+}
+
+impl Verdict {
+    /// Whether the backend holds rejected draft tokens of a sequence that goes on.
+    pub(super) fn rejected(&self) -> bool {
+        self.outcome == StepOutcome::Continue && self.accepted < self.drafted
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Sequence {
     pub(super) id: SeqId,
@@ -39,6 +58,12 @@ pub(super) struct Sequence {
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     events: UnboundedSender<Event>,
+    /// This step's draft tokens, guessed to follow the pending ones (speculative decoding).
+    draft: Vec<u32>,
+    /// The pending tokens followed by `draft`: the batch entry's tokens while there is a draft.
+    window: Vec<u32>,
+    /// The most draft tokens the next step carries, from how the last drafts fared.
+    draft_limit: u32,
 }
 
 impl Sequence {
@@ -58,6 +83,9 @@ impl Sequence {
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(&request.stop),
             events,
+            draft: Vec::new(),
+            window: Vec::new(),
+            draft_limit: u32::MAX,
         }
     }
 
@@ -100,15 +128,59 @@ impl Sequence {
         self.events.is_closed()
     }
 
-    /// The batch entry for the next `len` pending tokens.
+    /// The batch entry for the next `len` pending tokens, and this step's draft tokens when
+    /// they complete the pending ones.
     pub(super) fn entry(&self, len: u32) -> BatchEntry<'_> {
         let start = self.computed as usize;
+        let completes = self.completes_pending(len);
+        if completes && !self.draft.is_empty() {
+            return BatchEntry {
+                seq: self.id,
+                start: self.computed,
+                tokens: &self.window,
+                logits: 1 + self.draft.len() as u32,
+            };
+        }
         BatchEntry {
             seq: self.id,
             start: self.computed,
             tokens: &self.tokens[start..start + len as usize],
-            wants_logits: self.completes_pending(len),
+            logits: u32::from(completes),
         }
+    }
+
+    /// Sets this step's draft: up to `max` tokens guessed to follow the known ones (none when
+    /// `max` is 0), fewer after drafts that were rejected, to be verified after the pending
+    /// tokens.
+    pub(super) fn draft(&mut self, max: u32) {
+        let max = max.min(self.draft_limit);
+        self.draft = super::speculate::lookup(&self.tokens, max as usize);
+        self.window.clear();
+        if !self.draft.is_empty() {
+            self.window
+                .extend_from_slice(&self.tokens[self.computed as usize..]);
+            self.window.extend_from_slice(&self.draft);
+        }
+    }
+
+    /// Draft tokens this step carries.
+    pub(super) fn draft_len(&self) -> usize {
+        self.draft.len()
+    }
+
+    /// Drops this step's draft.
+    pub(super) fn drop_draft(&mut self) {
+        self.draft.clear();
+        self.window.clear();
+    }
+
+    /// Draft tokens this sequence may carry in a step: none once its next token could be its
+    /// last (every draft kept still leaves one token to sample, within `max_tokens` and
+    /// `max_model_len`).
+    pub(super) fn draft_room(&self, max_model_len: u32) -> u32 {
+        let by_tokens = self.max_tokens.saturating_sub(self.generated() + 1);
+        let by_context = max_model_len.saturating_sub(self.tokens.len() as u32 + 1);
+        by_tokens.min(by_context)
     }
 
     /// Whether computing `len` more tokens reaches the end of the known tokens.
@@ -120,7 +192,45 @@ impl Sequence {
         (self.tokens.len() - self.prompt_len) as u32
     }
 
-    /// Samples the next token from `logits`, sends its event, and says whether the sequence ended.
+    /// Samples this step's rows (`1 + draft` rows of `vocab` logits): the next token from the
+    /// first row, then, while the token sampled is the draft token that the next row was
+    /// computed after, the next token from that row. The draft tokens kept are in the KV cache,
+    /// and count as computed.
+    pub(super) fn sample_rows(
+        &mut self,
+        rows: &mut [f32],
+        vocab: usize,
+        tokenizer: &Tokenizer,
+        max_model_len: u32,
+    ) -> Verdict {
+        let draft = std::mem::take(&mut self.draft);
+        self.window.clear();
+        let mut verdict = Verdict {
+            outcome: StepOutcome::Continue,
+            emitted: 0,
+            drafted: draft.len() as u32,
+            accepted: 0,
+        };
+        for (row, guess) in rows
+            .chunks_exact_mut(vocab)
+            .zip(draft.iter().map(Some).chain([None]))
+        {
+            verdict.outcome = self.sample_next(row, tokenizer, max_model_len);
+            verdict.emitted += 1;
+            let kept = verdict.outcome == StepOutcome::Continue
+                && guess.is_some_and(|g| self.tokens.last() == Some(g));
+            if !kept {
+                break;
+            }
+            verdict.accepted += 1;
+            self.computed += 1;
+        }
+        if verdict.drafted > 0 {
+            self.draft_limit = super::speculate::next_limit(verdict.accepted, verdict.drafted);
+        }
+        verdict
+    }
+
     /// How many passes over its row this sequence's sampling makes, roughly: one for a greedy
     /// pick without logprobs (an argmax), eight for a draw (softmax, nucleus, draw, logprobs).
     pub(super) fn sampling_passes(&self) -> usize {
@@ -132,7 +242,8 @@ impl Sequence {
         }
     }
 
-    pub(super) fn sample_next(
+    /// Samples the next token from `logits`, sends its event, and says whether the sequence ended.
+    fn sample_next(
         &mut self,
         logits: &mut [f32],
         tokenizer: &Tokenizer,

@@ -40,6 +40,14 @@ struct Setup {
     max_model_len: u32,
     step_delay: Duration,
     prefix_cache: bool,
+    /// Draft tokens per step (0: no speculative decoding).
+    speculative_tokens: u32,
+    /// The copying model's period ([`TestBackend::copying`]) instead of the hashing one.
+    copy_period: Option<usize>,
+    /// The logit of the model's token.
+    peak: f32,
+    /// Whether the backend fails to cut caches.
+    uncuttable: bool,
 }
 
 impl Default for Setup {
@@ -58,6 +66,10 @@ impl Default for Setup {
             max_model_len: 512,
             step_delay: Duration::ZERO,
             prefix_cache: false,
+            speculative_tokens: 0,
+            copy_period: None,
+            peak: 10.0,
+            uncuttable: false,
         }
     }
 }
@@ -77,10 +89,16 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
             for step in setup.fail_steps {
                 backend = backend.failing_at_step(Some(step));
             }
+            if let Some(period) = setup.copy_period {
+                backend = backend.copying(period);
+            }
+            if setup.uncuttable {
+                backend = backend.uncuttable();
+            }
             Ok(backend
                 .with_prefix_cache(setup.prefix_cache)
                 .with_step_delay(setup.step_delay)
-                .with_peak_logit(10.0)
+                .with_peak_logit(setup.peak)
                 .observed_by(observed))
         },
         tokenizer(),
@@ -90,6 +108,7 @@ fn start(setup: Setup) -> (Engine, Arc<Observed>) {
             max_num_batched_tokens: setup.max_batch_tokens,
             max_queue: setup.max_queue,
             sampling_threads: 0,
+            speculative_tokens: setup.speculative_tokens,
         },
     )
     .unwrap();
@@ -204,6 +223,7 @@ fn seeded_sampling_is_the_same_on_one_thread_and_many() {
                 max_num_batched_tokens: 512,
                 max_queue: 24,
                 sampling_threads: threads,
+                speculative_tokens: 0,
             },
         )
         .unwrap();
@@ -601,4 +621,147 @@ fn a_fault_that_costs_nothing_is_retried_until_it_persists_then_fails_the_batch(
     let stats = settle(&engine);
     assert_eq!(stats.faults, u64::from(FAULTS_BEFORE_ERROR), "{stats:?}");
     assert!(stats.failed && !stats.broken, "{stats:?}");
+}
+
+/// Runs `requests` to the end on an engine of `setup`; returns each answer and the counters.
+fn answers(setup: Setup, requests: &[SeqRequest]) -> (Vec<Vec<u32>>, EngineStats, Arc<Observed>) {
+    let (engine, seen) = start(setup);
+    let receivers: Vec<_> = requests
+        .iter()
+        .map(|r| engine.submit(r.clone()).unwrap())
+        .collect();
+    let out = receivers.into_iter().map(|rx| collect(rx).0).collect();
+    (out, settle(&engine), seen)
+}
+
+/// A copying model, where prompt lookup's drafts are often right and sometimes wrong.
+fn copying(speculative_tokens: u32) -> Setup {
+    Setup {
+        speculative_tokens,
+        copy_period: Some(6),
+        ..Setup::default()
+    }
+}
+
+#[test]
+fn drafts_leave_greedy_answers_unchanged_in_fewer_steps() {
+    let requests: Vec<SeqRequest> = (0..3).map(|i| request(prompt(i, 9 + i), 60)).collect();
+    let (plain, plain_stats, _) = answers(copying(0), &requests);
+    let (drafted, stats, seen) = answers(copying(4), &requests);
+    assert_eq!(drafted, plain);
+    assert!(plain.iter().all(|a| a.len() == 60));
+    assert_eq!(plain_stats.draft_tokens, 0);
+    // Drafts were made, most kept, some rejected (every fifth position breaks the copy).
+    assert!(
+        stats.accepted_tokens > stats.draft_tokens / 2
+            && stats.accepted_tokens < stats.draft_tokens,
+        "{stats:?}"
+    );
+    assert_eq!(stats.generated_tokens, 180);
+    assert!(stats.steps < plain_stats.steps * 5 / 6, "{stats:?}");
+    // The prompts (30 tokens) with at most 4 drafts each.
+    assert!(seen.max_batch_tokens.load(Ordering::SeqCst) <= 30 + 3 * 4);
+    // Alone, a sequence saves exactly one step per draft token kept.
+    let (_, plain_stats, _) = answers(copying(0), &requests[..1]);
+    let (_, stats, _) = answers(copying(4), &requests[..1]);
+    assert_eq!(stats.steps + stats.accepted_tokens, plain_stats.steps);
+}
+
+#[test]
+fn drafts_keep_within_the_step_and_kv_budgets_and_through_preemption() {
+    // A step of 8 tokens and room for about two sequences of 70 among five: drafts fill what
+    // the decode tokens leave, preemption still recomputes, and answers are unchanged.
+    let setup = |speculative_tokens| Setup {
+        max_batch_tokens: 8,
+        kv_capacity: 150,
+        max_model_len: 128,
+        ..copying(speculative_tokens)
+    };
+    let requests: Vec<SeqRequest> = (0..5).map(|i| request(prompt(i, 10), 60)).collect();
+    let (plain, _, _) = answers(setup(0), &requests);
+    let (drafted, stats, seen) = answers(setup(4), &requests);
+    assert_eq!(drafted, plain);
+    assert!(
+        stats.accepted_tokens > 0 && stats.preemptions > 0,
+        "{stats:?}"
+    );
+    assert!(seen.max_batch_tokens.load(Ordering::SeqCst) <= 8);
+}
+
+#[test]
+fn drafts_stop_beyond_a_few_sequences() {
+    let requests: Vec<SeqRequest> = (0..8).map(|i| request(prompt(i, 9), 30)).collect();
+    let (_, stats, seen) = answers(
+        Setup {
+            step_delay: Duration::from_millis(2),
+            ..copying(4)
+        },
+        &requests,
+    );
+    // Eight sequences decode together without drafts; drafts come back as they finish (they
+    // all end together here, so at most a step's worth).
+    assert!(stats.draft_tokens <= 8 * 4, "{stats:?}");
+    assert!(seen.max_batch_seqs.load(Ordering::SeqCst) == 8);
+}
+
+#[test]
+fn seeded_sampling_is_the_same_with_drafts_and_keeps_its_distribution() {
+    // The model's token has logit 4.2 among 63 zeros: drawn with probability
+    // e^4.2 / (e^4.2 + 63) = 0.514, so drafts (copies of what the model favours) are often
+    // rejected.
+    let p_model = 4.2f64.exp() / (4.2f64.exp() + 63.0);
+    let setup = |speculative_tokens| Setup {
+        peak: 4.2,
+        max_seqs: 4,
+        ..copying(speculative_tokens)
+    };
+    let requests: Vec<SeqRequest> = (0..32u32)
+        .map(|i| {
+            let mut r = request(prompt(i, 12), 40);
+            r.sampling = SamplingParams {
+                temperature: 1.0,
+                seed: u64::from(i),
+                ..SamplingParams::default()
+            };
+            r
+        })
+        .collect();
+    let (plain, _, _) = answers(setup(0), &requests);
+    let (drafted, stats, _) = answers(setup(4), &requests);
+    assert_eq!(drafted, plain);
+    assert!(stats.accepted_tokens > 10, "{stats:?}");
+    // How often the model's own token was drawn, against its probability (within 4 sigma).
+    let mut hits = 0;
+    let mut n = 0;
+    for (r, answer) in requests.iter().zip(&drafted) {
+        let mut history = r.prompt.clone();
+        for &t in answer {
+            hits += usize::from(t == testing::copy_token(&history, 6, Stops::Never));
+            n += 1;
+            history.push(t);
+        }
+    }
+    let freq = hits as f64 / n as f64;
+    let sigma = (p_model * (1.0 - p_model) / n as f64).sqrt();
+    assert!(
+        (freq - p_model).abs() < 4.0 * sigma,
+        "the model's token drawn {freq:.3} of the time, expected {p_model:.3}"
+    );
+}
+
+#[test]
+fn a_backend_that_cannot_cut_drafts_recomputes_and_stops_drafting() {
+    let requests: Vec<SeqRequest> = (0..2).map(|i| request(prompt(i, 9), 40)).collect();
+    let (plain, _, _) = answers(copying(0), &requests);
+    let (drafted, stats, _) = answers(
+        Setup {
+            uncuttable: true,
+            ..copying(4)
+        },
+        &requests,
+    );
+    assert_eq!(drafted, plain);
+    // The first rejection turned drafting off; whatever was drafted before stays counted.
+    assert!(stats.draft_tokens > 0, "{stats:?}");
+    assert!(stats.draft_tokens < 2 * 40, "{stats:?}");
 }

@@ -85,6 +85,10 @@ impl<B: Backend> Backend for Faulty<B> {
         self.inner.release(seq);
     }
 
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), BoxError> {
+        self.inner.truncate(seq, len).map_err(Into::into)
+    }
+
     fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> u32 {
         self.inner.reuse_prefix(seq, tokens)
     }

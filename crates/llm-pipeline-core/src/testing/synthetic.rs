@@ -90,10 +90,9 @@ impl Backend for SyntheticBackend {
         let started = Instant::now();
         for entry in batch {
             *self.kv.entry(entry.seq).or_default() += entry.tokens.len() as u32;
-            if entry.wants_logits {
-                let last = entry.tokens.last().copied().unwrap_or(0) as usize;
-                let len = entry.start as usize + entry.tokens.len();
-                logits.push_row(&self.bank[(len + last) % BANK]);
+            for t in entry.first_logits()..entry.tokens.len() {
+                let len = entry.start as usize + t + 1;
+                logits.push_row(&self.bank[(len + entry.tokens[t] as usize) % BANK]);
             }
         }
         if let Some(rest) = self.step_cost.checked_sub(started.elapsed()) {
@@ -104,5 +103,12 @@ impl Backend for SyntheticBackend {
 
     fn release(&mut self, seq: SeqId) {
         self.kv.remove(&seq);
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: u32) -> Result<(), Self::Error> {
+        if let Some(cached) = self.kv.get_mut(&seq) {
+            *cached = (*cached).min(len);
+        }
+        Ok(())
     }
 }

@@ -89,6 +89,7 @@ pub fn pipeline(setup: &Setup) -> (EnginePipeline, Arc<Observed>) {
             max_num_batched_tokens: 512,
             max_queue: setup.max_queue,
             sampling_threads: 0,
+            speculative_tokens: llm_pipeline_core::engine::DEFAULT_SPECULATIVE_TOKENS,
         },
     )
     .unwrap();
