@@ -10,22 +10,31 @@ use llm_pipeline::server::{ServeOptions, ServerConfig, ServerState, router, serv
 use crate::load::{self, Target};
 use crate::{Args, KV_BYTES_PER_CELL, model_path};
 
-/// The backends served over HTTP: those built in that load the GGUF (ORT takes an ONNX
-/// export, measured by `benches/throughput.rs`).
+/// The backends served over HTTP: every one built in. llama.cpp and candle load the GGUF;
+/// ONNX Runtime loads the export `cargo xtask models` makes of it (`LLM_PIPELINE_ONNX_SMOLLM2`)
+/// with its weights in per-channel int8 (`USE_8BIT`), its fastest form on a CPU.
 pub(crate) fn backends() -> impl Iterator<Item = &'static str> {
-    llm_pipeline::BACKENDS
-        .iter()
-        .map(|(name, _)| *name)
-        .filter(|name| *name != "ort")
+    llm_pipeline::BACKENDS.iter().map(|(name, _)| *name)
 }
 
 /// The same configuration for every system: all clients may run at once, with `--kv-cells` as
-/// the KV memory where it is given. The rest comes
+/// the KV memory where it is given (in SmolLM2's f16 cells; ONNX Runtime keeps f32 keys and
+/// values, counted twice, so the same bytes hold a quarter of the cells). The rest comes
 /// from the environment as in a server (`ENABLE_PREFIX_CACHING=false` turns prefix caching off).
-fn config(a: &Args) -> PipelineConfig {
+fn config(a: &Args, backend: &str) -> PipelineConfig {
+    let model = if backend == "ort" {
+        llm_pipeline::core::testing::fixture(
+            "LLM_PIPELINE_ONNX_SMOLLM2",
+            "onnx/smollm2-135m-instruct",
+        )
+        .to_string_lossy()
+        .into_owned()
+    } else {
+        model_path()
+    };
     let config = PipelineConfig::from_env()
         .expect("the environment's settings parse")
-        .with_model_id(model_path())
+        .with_model_id(model)
         .with_max_model_len(a.max_model_len)
         .with_max_num_seqs(a.max_clients())
         .with_max_num_batched_tokens(2048)
@@ -34,11 +43,16 @@ fn config(a: &Args) -> PipelineConfig {
         Some(cells) => config.with_cpu_kv_cache_bytes(u64::from(cells) * KV_BYTES_PER_CELL),
         None => config,
     };
+    let config = if backend == "ort" {
+        config.with_quantization(llm_pipeline::core::config::Quantization::Int8)
+    } else {
+        config
+    };
     config.validated().expect("a valid bench configuration")
 }
 
 fn load_backend(a: &Args, backend: &str) -> EnginePipeline {
-    llm_pipeline::load(backend, &config(a)).expect("SmolLM2 loads")
+    llm_pipeline::load(backend, &config(a, backend)).expect("SmolLM2 loads")
 }
 
 /// The pipeline without HTTP: one `REPORT {json}` line per workload, with the engine's own

@@ -17,6 +17,11 @@ key column `j` when `j <= past + s` and `attention_mask[b, j] == 1`. Rotary embe
 Hugging Face (rotate-half) layout; GGUF Q/K rows, permuted by llama.cpp's converter for its
 interleaved rope, are permuted back.
 
+The GGUF export also takes `logits_index` [batch, n] int64, the columns of each row's new tokens
+whose logits are computed (its `logits` are then [batch, n, vocab]): a prompt's step computes the
+LM head for the rows the engine samples from, not for every prompt token. The tiny export keeps
+the plain interface above, as Optimum's exports have it.
+
 The tiny model also gets `model_fp16.onnx`: the same weights with float16 KV and logits.
 With --int8, the directory also gets `model_quantized.onnx`: the same graph with its MatMul
 weights quantized to int8 by ONNX Runtime's dynamic quantization (what Optimum's
@@ -87,11 +92,12 @@ def rotate(g, x, cos, sin, half):
     return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rot, sin])])
 
 
-def build_model(cfg, weights, io_dtype=TensorProto.FLOAT):
+def build_model(cfg, weights, io_dtype=TensorProto.FLOAT, logits_index=False):
     """cfg: dict as in config.json; weights: HF-named f32 arrays ([out, in] linear layers).
 
     io_dtype FLOAT16 declares the KV inputs/outputs and the logits as float16 (computing in
-    float32 inside, with casts at the edges), the interface of a half-precision export."""
+    float32 inside, with casts at the edges), the interface of a half-precision export.
+    logits_index adds that input: logits only at the given columns of each row."""
     g = Graph()
     layers = cfg["num_hidden_layers"]
     heads = cfg["num_attention_heads"]
@@ -109,8 +115,13 @@ def build_model(cfg, weights, io_dtype=TensorProto.FLOAT):
                                       ["batch_size", "total_sequence_length"]),
         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
     ]
+    logits_len = "sequence_length"
+    if logits_index:
+        logits_len = "logits_length"
+        inputs.append(helper.make_tensor_value_info("logits_index", TensorProto.INT64,
+                                                    ["batch_size", logits_len]))
     outputs = [
-        helper.make_tensor_value_info("logits", io_dtype, ["batch_size", "sequence_length", vocab]),
+        helper.make_tensor_value_info("logits", io_dtype, ["batch_size", logits_len, vocab]),
     ]
     for i in range(layers):
         for kind in ("key", "value"):
@@ -203,6 +214,10 @@ def build_model(cfg, weights, io_dtype=TensorProto.FLOAT):
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
         x = g.op("Add", [x, linear(g, g.op("Mul", [act, up]), w("mlp.down_proj.weight"))])
 
+    if logits_index:
+        # [b, n, 1] column indices, one gather per row: [b, s, hidden] -> [b, n, hidden].
+        idx = g.op("Unsqueeze", ["logits_index", g.const("ax", np.array([2], dtype=np.int64))])
+        x = g.op("GatherND", [x, idx], batch_dims=1)
     x = rms_norm(g, x, g.const("norm", weights["model.norm.weight"]), eps)
     head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])
     if io_dtype == TensorProto.FLOAT:
@@ -310,9 +325,12 @@ def from_gguf(path, out_dir):
     tokenizer = byte_level_bpe(tokens, types, merges, isolate_digits=pre in ("smollm", "starcoder"))
     bos, eos = tokens[cfg["bos_token_id"]], tokens[cfg["eos_token_id"]]
     template = field("tokenizer.chat_template")
-    write_dir(out_dir, cfg, build_model(cfg, w), tokenizer,
+    write_dir(out_dir, cfg, build_model(cfg, w, logits_index=True), tokenizer,
               {"bos_token": bos, "eos_token": eos, "chat_template": template,
                "add_bos_token": bool(field("tokenizer.ggml.add_bos_token", False))})
+    # Marks an export with `logits_index`: the xtask exports again a cached one without it.
+    with open(os.path.join(out_dir, "logits_index"), "w") as f:
+        f.write("logits_index [batch, n] int64 selects the columns whose logits are computed\n")
 
 
 def byte_level_bpe(tokens, types, merges, isolate_digits):

@@ -8,7 +8,8 @@
 //!   packages that run `xtask/onnx/export_llama.py`.
 //! - `smollm2-135m-instruct/`: SmolLM2-135M-Instruct exported from the cached GGUF
 //!   (dequantized to f32; Q/K rows un-permuted to the Hugging Face rope layout), with a
-//!   `tokenizer.json` built from the GGUF's vocabulary and merges and the GGUF's chat template.
+//!   `tokenizer.json` built from the GGUF's vocabulary and merges and the GGUF's chat template,
+//!   and the optional `logits_index` input (the file of that name marks it).
 //! - `tiny-llama/`: a two-layer Llama with random weights (seed 0) for fast tests, also as
 //!   `model_fp16.onnx` (float16 KV and logits) for the backend's half-precision path.
 //!
@@ -147,7 +148,7 @@ fn cached_export(name: &str, files: &[&str], args: &[&std::ffi::OsStr]) -> Resul
 fn export(gguf: &Path, name: &str) -> Result<PathBuf> {
     cached_export(
         name,
-        &["model.onnx", "model_quantized.onnx"],
+        &["model.onnx", "model_quantized.onnx", "logits_index"],
         &["gguf".as_ref(), gguf.as_os_str(), "--int8".as_ref()],
     )
 }

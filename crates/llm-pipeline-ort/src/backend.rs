@@ -75,6 +75,10 @@ struct Feed {
     positions: Vec<i64>,
     rows: usize,
     new_cols: usize,
+    /// `logits_index`, for a graph that takes it: per row, the new columns whose logits the
+    /// engine wants, padded to `pick_cols` by repeating the last.
+    picks: Vec<i64>,
+    pick_cols: usize,
 }
 
 impl OrtBackend {
@@ -253,6 +257,8 @@ impl OrtBackend {
                     mask,
                     rows: order.len(),
                     new_cols: 1,
+                    picks: vec![0; order.len()],
+                    pick_cols: 1,
                 };
                 let past = std::mem::take(&mut self.resident.values);
                 (order, past, feed, ZeroCopy::Yes)
@@ -432,6 +438,12 @@ impl OrtBackend {
                 tensor(feed.positions.clone(), shape)?,
             ));
         }
+        if self.iface.has_logits_index {
+            inputs.push((
+                "logits_index".into(),
+                tensor(feed.picks.clone(), [feed.rows, feed.pick_cols])?,
+            ));
+        }
         inputs.extend(self.past_names.iter().cloned().zip(past));
         let started = Instant::now();
         let mut outputs = self.session.run(inputs).map_err(err)?;
@@ -499,7 +511,8 @@ impl OrtBackend {
         Ok(())
     }
 
-    /// Copies the logits rows the engine wants: the last `logits` real columns of each row.
+    /// Copies the logits rows the engine wants: those of the last `logits` real columns of
+    /// each row.
     fn logits_rows(
         &self,
         outputs: &Outputs,
@@ -516,8 +529,13 @@ impl OrtBackend {
             if e.logits == 0 {
                 continue;
             }
-            let at = (r * feed.new_cols + e.first_logits()) * vocab;
-            let end = (r * feed.new_cols + e.tokens.len()) * vocab;
+            // Without `logits_index` the graph gave every column's; with it, the picked ones.
+            let at = if self.iface.has_logits_index {
+                r * feed.pick_cols * vocab
+            } else {
+                (r * feed.new_cols + e.first_logits()) * vocab
+            };
+            let end = at + e.logits as usize * vocab;
             out[i] = Some(match self.iface.logits_dtype {
                 Dtype::F16 => {
                     let (_, data) = outputs
@@ -553,6 +571,13 @@ impl Feed {
         new_cols: usize,
     ) -> Self {
         let n = rows.len();
+        let pick_cols = rows
+            .iter()
+            .map(|&i| batch[i].logits as usize)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut picks = Vec::with_capacity(n * pick_cols);
         let mut ids = Vec::with_capacity(n * new_cols);
         let mut positions = Vec::with_capacity(n * new_cols);
         let mut mask = Vec::with_capacity(n * (past_len + new_cols));
@@ -565,6 +590,8 @@ impl Feed {
             }
             mask.extend((0..past_len).map(|c| i64::from(c < len)));
             mask.extend((0..new_cols).map(|c| i64::from(c < e.tokens.len())));
+            let first = e.first_logits();
+            picks.extend((0..pick_cols).map(|c| (first + c).min(last) as i64));
         }
         Self {
             ids,
@@ -572,6 +599,8 @@ impl Feed {
             positions,
             rows: n,
             new_cols,
+            picks,
+            pick_cols,
         }
     }
 
@@ -688,5 +717,20 @@ mod tests {
         assert_eq!(feed.positions, [3, 4, 1, 1]);
         assert_eq!(feed.mask, [1, 1, 1, 1, 1, 1, 0, 0, 1, 0]);
         assert_eq!(feed.mask_cols(), 5);
+        // The last column of each row's new tokens gives its logits.
+        assert_eq!((feed.picks.as_slice(), feed.pick_cols), (&[1, 0][..], 1));
+        // A row verifying a draft wants its last two; the other repeats its one.
+        let batch = [
+            BatchEntry {
+                logits: 2,
+                ..batch[0]
+            },
+            batch[1],
+        ];
+        let feed = Feed::new(&batch, &[0, 1], &[3, 1], 3, 2);
+        assert_eq!(
+            (feed.picks.as_slice(), feed.pick_cols),
+            (&[0, 1, 0, 0][..], 2)
+        );
     }
 }

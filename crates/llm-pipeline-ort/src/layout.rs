@@ -153,6 +153,10 @@ pub struct Interface {
     pub vocab_size: usize,
     /// Whether the graph takes `position_ids` (otherwise it derives them from the mask).
     pub has_position_ids: bool,
+    /// Whether the graph takes `logits_index` (`[batch, n]` int64: the columns of each row
+    /// whose logits it computes), so that a prompt's step runs the LM head only for the rows
+    /// the engine samples from. Optimum's exports compute logits at every column.
+    pub has_logits_index: bool,
 }
 
 fn find<'a>(ports: &'a [Port], name: &str) -> Option<&'a Port> {
@@ -209,13 +213,15 @@ pub fn check_interface(
         )));
     }
     let known = |n: &str| {
-        matches!(n, "input_ids" | "attention_mask" | "position_ids")
-            || n.starts_with("past_key_values.")
+        matches!(
+            n,
+            "input_ids" | "attention_mask" | "position_ids" | "logits_index"
+        ) || n.starts_with("past_key_values.")
     };
     if let Some(extra) = inputs.iter().find(|p| !known(&p.name)) {
         return Err(not_export(format!(
-            "support for input `{}` (only input_ids, attention_mask, position_ids and \
-             past_key_values are fed; merged exports with use_cache_branch are not supported)",
+            "support for input `{}` (only input_ids, attention_mask, position_ids, \
+             logits_index and past_key_values are fed; merged exports with use_cache_branch are not supported)",
             extra.name
         )));
     }
@@ -243,7 +249,12 @@ pub fn check_interface(
             bad.name, bad.shape, bad.dtype
         )));
     }
-    for name in ["input_ids", "attention_mask", "position_ids"] {
+    for name in [
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "logits_index",
+    ] {
         if let Some(p) = find(inputs, name).filter(|p| p.dtype != Dtype::I64) {
             return Err(not_export(format!(
                 "`{name}` of type int64 (it is {:?})",
@@ -270,6 +281,7 @@ pub fn check_interface(
         logits_dtype: logits.dtype,
         vocab_size,
         has_position_ids: find(inputs, "position_ids").is_some(),
+        has_logits_index: find(inputs, "logits_index").is_some(),
     })
 }
 
@@ -322,7 +334,18 @@ mod tests {
         let iface = check_interface(Path::new("m"), &config(), &inputs, &outputs).unwrap();
         assert_eq!((iface.layers, iface.kv_heads, iface.head_dim), (2, 2, 16));
         assert_eq!(iface.vocab_size, 100);
-        assert!(!iface.has_position_ids);
+        assert!(!iface.has_position_ids && !iface.has_logits_index);
+        // With the optional `logits_index`, as int64; of another type it is refused.
+        let (mut inputs, outputs) = export();
+        inputs.push(port("logits_index", Dtype::I64, &[-1, -1]));
+        let iface = check_interface(Path::new("m"), &config(), &inputs, &outputs).unwrap();
+        assert!(iface.has_logits_index);
+        inputs.last_mut().unwrap().dtype = Dtype::F32;
+        let err = check_interface(Path::new("m"), &config(), &inputs, &outputs).unwrap_err();
+        assert!(
+            err.to_string().contains("`logits_index` of type int64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! It runs the layout Hugging Face Optimum and transformers.js export causal language models in
 //! (`onnx-community/*` chat models among them): `input_ids`, `attention_mask`, optional
 //! `position_ids` and `past_key_values.{i}.key/value` in; `logits` and `present.{i}.key/value`
-//! out. [`layout`] checks a directory is such an export, [`runtime`] opens ONNX Runtime (a
+//! out. A graph that also takes `logits_index` (`[batch, n]` int64, the columns whose logits it
+//! computes, as the exports `cargo xtask models` makes do) is told which rows the engine samples
+//! from, so a prompt's step skips the LM head for every other prompt token. [`layout`] checks a directory is such an export, [`runtime`] opens ONNX Runtime (a
 //! shared library loaded at run time) on the chosen execution provider, [`OrtBackend`]
 //! implements the core's [`Backend`](llm_pipeline_core::backend::Backend) with continuous
 //! batching over KV tensors (see [`kv`] for how copies are kept few), and [`load`] builds the
